@@ -1,0 +1,45 @@
+"""Reduction operators shared by every algorithm: "sum", "mean", "max", "min", "prod".
+
+``mean`` reduces as a sum and divides once at the end (``finish``), as MPI users do
+by hand; integer inputs then give float64, as ``np.mean`` does.
+"""
+import numpy as np
+
+from ..comm.errors import CommError
+
+OPS = ("sum", "mean", "max", "min", "prod")
+
+_UFUNC = {"sum": "add", "mean": "add", "max": "maximum", "min": "minimum", "prod": "multiply"}
+
+
+def check_op(op):
+    if op not in _UFUNC:
+        raise CommError(f"unknown reduction op {op!r}: use one of {', '.join(OPS)}")
+    return op
+
+
+def get_xp(x):
+    """numpy or cupy, whichever owns ``x`` (cupy is only imported if x is a cupy array)."""
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def reduce_into(acc, x, op):
+    """acc <- acc (op) x, in place. Returns acc."""
+    xp = get_xp(acc)
+    getattr(xp, _UFUNC[op])(acc, x, out=acc)
+    return acc
+
+
+def finish(acc, op, world_size):
+    """The last step of a reduction: divide by world_size for "mean"."""
+    if op != "mean":
+        return acc
+    if acc.dtype.kind in "fc":
+        acc /= acc.dtype.type(world_size)
+        return acc
+    return acc / np.float64(world_size)

@@ -1,0 +1,19 @@
+"""Communicators and their engines: ``sim`` (default), ``mpi``, ``nccl``."""
+from .base import ANY_SOURCE, Communicator, Request, wait_all  # noqa: F401
+from .errors import BackendUnavailable, CommError, DeadlockError, RankFailure, TimeoutError  # noqa: F401
+from .network import NetworkModel  # noqa: F401
+from .launch import launch  # noqa: F401
+
+
+def MPIComm(*args, **kwargs):
+    """The MPI engine over mpi4py (``mpiexec -n 4 python script.py``)."""
+    from .mpi import MPIComm as _MPIComm
+
+    return _MPIComm(*args, **kwargs)
+
+
+def NCCLComm(*args, **kwargs):
+    """The NCCL engine over cupy.cuda.nccl, one rank per GPU."""
+    from .nccl import NCCLComm as _NCCLComm
+
+    return _NCCLComm(*args, **kwargs)

@@ -1,0 +1,310 @@
+"""The Communicator API, shared by every engine (``sim``, ``mpi``, ``nccl``).
+
+An engine implements a handful of primitives (``_send``, ``_recv``, ``_isend``,
+``_irecv``, ``barrier``, ``split``, ``_agree``); everything else, the collectives
+above all, is written once here on top of them, in :mod:`mlscale.collectives`.
+
+Names follow torch.distributed / MPI / JAX:
+
+=================  ==================  =====================
+mlscale            MPI                 JAX
+=================  ==================  =====================
+all_reduce         MPI_Allreduce       psum
+reduce_scatter     MPI_Reduce_scatter  psum_scatter
+all_gather         MPI_Allgather(v)    all_gather
+broadcast          MPI_Bcast           (replicate)
+sendrecv (ring)    MPI_Sendrecv        ppermute
+=================  ==================  =====================
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ..collectives import ALGORITHMS, default_algorithm
+from ..collectives._reduce_ops import check_op, get_xp
+from .errors import CommError
+
+#: user tags must lie in [0, MAX_TAG); collectives use tags above it
+MAX_TAG = 1 << 20
+COLL_TAG = MAX_TAG + 7
+ANY_SOURCE = -1
+
+
+class Request:
+    """Handle of a non-blocking ``isend``/``irecv``. ``wait()`` completes it and
+    returns the received array (``irecv``) or None (``isend``)."""
+
+    def wait(self):  # pragma: no cover - engines override
+        raise NotImplementedError
+
+    def test(self) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+
+def wait_all(requests):
+    """Wait for every request; return their results in order."""
+    return [r.wait() for r in requests]
+
+
+class Communicator:
+    """A group of ``world_size`` ranks. ``rank`` is this rank's index in the group.
+
+    Collectives take ``algorithm=None`` (the engine's own: MPI's or NCCL's; on
+    ``sim`` a choice by size, as MPICH makes it) or a name from
+    :data:`mlscale.collectives.ALGORITHMS`, which runs mlscale's implementation
+    written on ``send``/``recv`` alone.
+    """
+
+    backend = "base"
+
+    def __init__(self, rank: int, world_size: int, xp=np):
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.xp = xp
+        self.nbytes_sent = 0
+        self.messages_sent = 0
+        self._coll_seq = 0
+        self._labels: list[str] = []
+        self.check = True  # validate that every rank passes matching arguments
+
+    # ------------------------------------------------------------------ engine hooks
+    def _send(self, buf, dst, tag):  # pragma: no cover - engines implement
+        raise NotImplementedError
+
+    def _recv(self, src, tag, out):  # pragma: no cover
+        raise NotImplementedError
+
+    def _isend(self, buf, dst, tag) -> Request:  # pragma: no cover
+        raise NotImplementedError
+
+    def _irecv(self, src, tag, out) -> Request:  # pragma: no cover
+        raise NotImplementedError
+
+    def _agree(self, signature, extra=None) -> list:  # pragma: no cover
+        """Exchange ``(signature, extra)`` with every rank (no modelled cost). Raise
+        CommError naming the ranks if the signatures differ; return every rank's
+        ``extra`` in rank order."""
+        raise NotImplementedError
+
+    def _native(self, name):
+        """The engine's own implementation of collective ``name``, or None."""
+        return None
+
+    def _charge_reduce(self, nbytes):
+        """Account for reducing ``nbytes`` (gamma in the cost model). Real engines: no-op."""
+
+    def barrier(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def split(self, color, key=None) -> "Communicator":  # pragma: no cover
+        raise NotImplementedError
+
+    def compute(self, seconds=None, flops=None):
+        """Declare compute work. On ``sim`` it advances this rank's virtual clock
+        (scaled by the rank's modelled speed); on real engines it does nothing:
+        the work itself takes the time."""
+
+    @property
+    def clock(self) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def _describe(self):
+        return f"rank {self.rank} of {self.world_size} ({self.backend})"
+
+    def _check_peer(self, peer, what):
+        if not isinstance(peer, (int, np.integer)) or not (0 <= peer < self.world_size):
+            raise CommError(
+                f"{self._describe()}: {what}={peer!r} is not a rank of this communicator; "
+                f"use 0..{self.world_size - 1}"
+            )
+        return int(peer)
+
+    def _check_tag(self, tag, internal=False):
+        if internal:
+            return tag
+        if not isinstance(tag, (int, np.integer)) or not (0 <= tag < MAX_TAG):
+            raise CommError(f"{self._describe()}: tag={tag!r} must be an int in [0, {MAX_TAG})")
+        return int(tag)
+
+    def _as_array(self, x, what="x"):
+        xp = get_xp(x) if hasattr(x, "dtype") else self.xp
+        a = xp.asarray(x)
+        if a.dtype == object:
+            raise CommError(f"{self._describe()}: {what} must be a numeric array, got dtype=object")
+        return xp.ascontiguousarray(a)
+
+    @contextlib.contextmanager
+    def label(self, text):
+        """Label the messages sent inside this block (they show in the trace)."""
+        self._labels.append(text)
+        try:
+            yield
+        finally:
+            self._labels.pop()
+
+    @property
+    def _label(self):
+        return self._labels[-1] if self._labels else ""
+
+    def _count(self, buf):
+        self.nbytes_sent += int(buf.nbytes)
+        self.messages_sent += 1
+
+    # ------------------------------------------------------------------ point to point
+    def send(self, x, dst, tag=0, _internal=False):
+        """Blocking send of array ``x`` to rank ``dst``. ``x`` may be reused on return."""
+        dst = self._check_peer(dst, "dst")
+        tag = self._check_tag(tag, _internal)
+        buf = self._as_array(x)
+        self._count(buf)
+        self._send(buf, dst, tag)
+
+    def recv(self, src, tag=0, out=None, _internal=False):
+        """Blocking receive from rank ``src``; returns the array (written into ``out`` if given)."""
+        src = self._check_peer(src, "src")
+        tag = self._check_tag(tag, _internal)
+        return self._recv(src, tag, out)
+
+    def isend(self, x, dst, tag=0, _internal=False) -> Request:
+        """Non-blocking send; do not modify ``x`` before ``wait()``."""
+        dst = self._check_peer(dst, "dst")
+        tag = self._check_tag(tag, _internal)
+        buf = self._as_array(x)
+        self._count(buf)
+        return self._isend(buf, dst, tag)
+
+    def irecv(self, src, tag=0, out=None, _internal=False) -> Request:
+        """Non-blocking receive; ``req.wait()`` returns the array."""
+        src = self._check_peer(src, "src")
+        tag = self._check_tag(tag, _internal)
+        return self._irecv(src, tag, out)
+
+    def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False):
+        """Send ``x`` to ``dst`` and receive from ``src`` at the same time (no deadlock
+        in a ring: every rank sends right and receives left). Returns what arrived."""
+        rreq = self.irecv(src, tag, out, _internal=_internal)
+        sreq = self.isend(x, dst, tag, _internal=_internal)
+        y = rreq.wait()
+        sreq.wait()
+        return y
+
+    # ------------------------------------------------------------------ collectives
+    def _collective(self, name, x, op=None, algorithm=None, root=None, shape_key=None, extra=None):
+        """Validate arguments, agree across ranks, pick the algorithm."""
+        table = ALGORITHMS[name]
+        if algorithm is not None and algorithm != "native" and algorithm not in table:
+            raise CommError(
+                f"{self._describe()}: unknown {name} algorithm {algorithm!r}; "
+                f"choose one of {sorted(table)} or None for the engine's own"
+            )
+        if op is not None:
+            check_op(op)
+        if root is not None:
+            root = self._check_peer(root, "root")
+        sigs = None
+        if self.check:
+            shape = shape_key if shape_key is not None else (None if x is None else tuple(x.shape))
+            dtype = None if x is None else x.dtype.str
+            sig = (name, shape, dtype, op, algorithm, root)
+            sigs = self._agree(sig, extra)
+        self._coll_seq += 1
+        if algorithm is None:
+            native = self._native(name)
+            if native is not None:
+                return native, sigs
+            algorithm = default_algorithm(name, self, x)
+        elif algorithm == "native":
+            native = self._native(name)
+            if native is None:
+                raise CommError(f"{self._describe()}: the {self.backend} engine has no native {name}")
+            return native, sigs
+        return _bind(table[algorithm], algorithm), sigs
+
+    def _run(self, name, fn, *args):
+        algo = getattr(fn, "algorithm", "native")
+        with self.label(f"{name}/{algo}"):
+            return fn(self, *args)
+
+    def all_reduce(self, x, op="sum", algorithm=None, out=None):
+        """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
+        x = self._as_array(x)
+        fn, _ = self._collective("all_reduce", x, op, algorithm)
+        return _into(out, self._run("all_reduce", fn, x, op))
+
+    def reduce_scatter(self, x, op="sum", algorithm=None, out=None):
+        """Reduce over ranks, then rank r keeps chunk r of the flattened result,
+        chunks as ``np.array_split(flat, world_size)`` (JAX psum_scatter)."""
+        x = self._as_array(x)
+        fn, _ = self._collective("reduce_scatter", x, op, algorithm)
+        return _into(out, self._run("reduce_scatter", fn, x, op))
+
+    def all_gather(self, x, algorithm=None, out=None):
+        """Concatenate every rank's ``x`` along axis 0, in rank order (0-d arrays are
+        stacked). Ranks may pass different lengths along axis 0 (MPI_Allgatherv)."""
+        x = self._as_array(x)
+        n0 = int(x.shape[0]) if x.ndim else 1
+        fn, counts = self._collective(
+            "all_gather", x, None, algorithm, shape_key=("*",) + tuple(x.shape[1:]) if x.ndim else (), extra=n0
+        )
+        if counts is None:  # validation off: assume equal lengths
+            counts = [n0] * self.world_size
+        return _into(out, self._run("all_gather", fn, x, counts))
+
+    def broadcast(self, x, root=0, algorithm=None, out=None):
+        """Every rank gets root's ``x``. Non-root ranks must pass an array of the same
+        shape and dtype (its values are ignored), as in MPI_Bcast."""
+        x = self._as_array(x)
+        fn, _ = self._collective("broadcast", x, None, algorithm, root)
+        return _into(out, self._run("broadcast", fn, x, root))
+
+    def reduce(self, x, root=0, op="sum", algorithm=None):
+        """op over all ranks' ``x``, delivered to ``root``; other ranks get None."""
+        x = self._as_array(x)
+        fn, _ = self._collective("reduce", x, op, algorithm, root)
+        return self._run("reduce", fn, x, root, op)
+
+    def gather(self, x, root=0, algorithm=None):
+        """``root`` gets the list of every rank's ``x`` (shapes may differ); others get None."""
+        x = self._as_array(x)
+        fn, _ = self._collective("gather", x, None, algorithm, root, shape_key=("any",))
+        return self._run("gather", fn, x, root)
+
+    def scatter(self, xs, root=0, algorithm=None):
+        """``root`` passes a list of ``world_size`` arrays; rank r gets ``xs[r]``.
+        Other ranks pass None."""
+        if self.rank == root:
+            if xs is None or len(xs) != self.world_size:
+                n = None if xs is None else len(xs)
+                raise CommError(
+                    f"{self._describe()}: scatter root needs a list of {self.world_size} arrays, got {n}"
+                )
+            xs = [self._as_array(a) for a in xs]
+        fn, _ = self._collective("scatter", None, None, algorithm, root)
+        return self._run("scatter", fn, xs, root)
+
+    # aliases learners arrive with
+    allreduce = all_reduce
+    bcast = broadcast
+    psum = all_reduce
+
+
+def _bind(fn, name):
+    def bound(comm, *args):
+        return fn(comm, *args)
+
+    bound.algorithm = name
+    return bound
+
+
+def _into(out, y):
+    if out is None:
+        return y
+    if tuple(out.shape) != tuple(y.shape) or out.dtype != y.dtype:
+        raise CommError(
+            f"out= has shape {tuple(out.shape)} {out.dtype}, the result is {tuple(y.shape)} {y.dtype}"
+        )
+    out[...] = y
+    return out
