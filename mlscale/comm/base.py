@@ -23,12 +23,11 @@ import contextlib
 import numpy as np
 
 from ..collectives import ALGORITHMS, default_algorithm
+from ..collectives._p2p import MAX_TAG, TAG as COLL_TAG
 from ..collectives._reduce_ops import check_op, get_xp
 from .errors import CommError
 
 #: user tags must lie in [0, MAX_TAG); collectives use tags above it
-MAX_TAG = 1 << 20
-COLL_TAG = MAX_TAG + 7
 ANY_SOURCE = -1
 
 

@@ -1,0 +1,57 @@
+"""The few point-to-point helpers every algorithm uses, on the collective tag."""
+from ._reduce_ops import reduce_into
+
+#: user tags lie in [0, MAX_TAG); collectives send on TAG, above it
+MAX_TAG = 1 << 20
+TAG = MAX_TAG + 7
+
+
+def send(comm, x, dst):
+    comm.send(x, dst, TAG, _internal=True)
+
+
+def recv(comm, src, out=None):
+    return comm.recv(src, TAG, out, _internal=True)
+
+
+def sendrecv(comm, x, dst, src, out=None):
+    return comm.sendrecv(x, dst, src, TAG, out, _internal=True)
+
+
+def reduce_(comm, acc, x, op):
+    """acc <- acc (op) x, charging the modelled reduction cost (gamma)."""
+    reduce_into(acc, x, op)
+    comm._charge_reduce(x.nbytes)
+
+
+def bounds(n, parts):
+    """Start offsets of ``parts`` chunks of n elements, as np.array_split cuts them:
+    the first n % parts chunks get one element more. Returns a list of parts+1 offsets."""
+    q, r = divmod(n, parts)
+    out = [0]
+    for i in range(parts):
+        out.append(out[-1] + q + (1 if i < r else 0))
+    return out
+
+
+def fold(p):
+    """MPICH's fold for world sizes that are not powers of two.
+
+    Returns (pof2, rem, newrank_of, real_of): pof2 = largest power of two <= p,
+    rem = p - pof2. Ranks r < 2*rem pair up (even r hands its data to r+1, which
+    stands for both); the other ranks keep going as newrank r - rem.
+    """
+    pof2 = 1
+    while pof2 * 2 <= p:
+        pof2 *= 2
+    rem = p - pof2
+
+    def newrank_of(r):
+        if r < 2 * rem:
+            return -1 if r % 2 == 0 else r // 2
+        return r - rem
+
+    def real_of(v):
+        return 2 * v + 1 if v < rem else v + rem
+
+    return pof2, rem, newrank_of, real_of

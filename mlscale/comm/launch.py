@@ -1,0 +1,90 @@
+"""``launch(fn, world_size, ...)``: run ``fn(comm, *args)`` on every rank of an engine."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BackendUnavailable, CommError
+
+BACKENDS = ("sim", "mpi", "nccl")
+
+
+class Results(list):
+    """The ranks' return values, indexed by rank, plus what the run recorded:
+    ``trace`` (sim: every message), ``clocks`` (each rank's final virtual time),
+    ``time`` (the largest), ``failed`` ({rank: time of death})."""
+
+    backend = "sim"
+    trace = None
+    clocks = None
+    failed = None
+
+    @property
+    def time(self):
+        return max(self.clocks) if self.clocks else None
+
+
+def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, timeout=None, trace=True):
+    """Call ``fn(comm, *args)`` on ``world_size`` ranks and return their results.
+
+    backend  "sim" (default; ranks simulated in this process), "mpi" (MPI processes
+             through mpiexec), "nccl" (one process per GPU)
+    device   "cpu" or "gpu" (sim with "gpu": every rank's arrays are CuPy arrays on the
+             one GPU of this machine; "N logical GPUs on one device")
+    network  a ``NetworkModel`` (sim only)
+    timeout  wall-clock seconds for mpi/nccl runs
+    """
+    if not callable(fn):
+        raise CommError(f"launch needs a function fn(comm, ...) to run on every rank, got {fn!r}")
+    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+        raise CommError(f"world_size={world_size!r} must be a whole number >= 1")
+    if backend not in BACKENDS:
+        raise CommError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if device not in ("cpu", "gpu"):
+        raise CommError(f"unknown device {device!r}: use 'cpu' or 'gpu'")
+    if not isinstance(args, (tuple, list)):
+        args = (args,)
+    world_size = int(world_size)
+
+    if backend == "sim":
+        from .sim import Simulator
+
+        xp = np
+        if device == "gpu":
+            xp = _cupy_or_explain()
+        sim = Simulator(world_size, network, xp=xp, record_trace=trace)
+        res = Results(sim.run(fn, tuple(args)))
+        res.backend = "sim"
+        res.trace = sim.trace
+        res.clocks = [R.clock for R in sim.ranks]
+        res.failed = {R.rank: R.died_at for R in sim.ranks if R.died_at is not None}
+        return res
+
+    if network is not None:
+        raise CommError(
+            f"network= models the simulated network; {backend} uses the real one. "
+            "Drop network= or use backend='sim'."
+        )
+    if backend == "mpi":
+        from .mpi import launch_mpi
+
+        res = Results(launch_mpi(fn, world_size, tuple(args), device=device, timeout=timeout))
+    else:
+        from .nccl import launch_nccl
+
+        res = Results(launch_nccl(fn, world_size, tuple(args), timeout=timeout))
+    res.backend = backend
+    return res
+
+
+def _cupy_or_explain():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+        return cupy
+    except Exception as e:  # ImportError, CUDA driver errors
+        raise BackendUnavailable(
+            f"device='gpu' needs CuPy and a CUDA GPU ({type(e).__name__}: {e}). "
+            "On Colab pick a GPU runtime and `pip install cupy-cuda12x`; here use device='cpu'."
+        ) from e

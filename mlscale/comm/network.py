@@ -1,0 +1,81 @@
+"""The network and machine model of the ``sim`` engine.
+
+A message of ``nbytes`` from ``src`` to ``dst`` takes ``alpha + nbytes * beta``
+seconds (Hockney's alpha-beta model), on that link's own alpha/beta if given. Each
+rank has one outgoing and one incoming port: messages leaving one rank, or arriving
+at one rank, go one after the other (so a parameter server's link is a bottleneck,
+and a ring is not). Reducing ``nbytes`` costs ``nbytes * gamma`` seconds of compute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+
+@dataclass
+class NetworkModel:
+    """Costs and faults for the simulated engine.
+
+    alpha    latency per message, seconds (default 10 us)
+    beta     seconds per byte (default 1e-9: 1 GB/s)
+    gamma    seconds per byte reduced (default 0: reductions are free)
+    links    per-link overrides ``{(src, dst): (alpha, beta)}``, or a function
+             ``(src, dst) -> (alpha, beta)`` (e.g. fast inside a node, slow across)
+    speeds   relative compute speed per rank ``{rank: factor}`` or a list; 0.25 makes
+             a rank a straggler four times slower
+    flops    modelled FLOP/s of a speed-1 rank, for ``comm.compute(flops=...)``
+    failures ``{rank: time}``: the rank dies at that virtual time
+    drops    ``{(src, dst): time}``: the link loses every message sent from that time on
+    """
+
+    alpha: float = 1e-5
+    beta: float = 1e-9
+    gamma: float = 0.0
+    links: Mapping | Callable | None = None
+    speeds: Mapping | list | None = None
+    flops: float = 1e10
+    failures: Mapping = field(default_factory=dict)
+    drops: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("alpha", "beta", "gamma"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"NetworkModel.{name}={v!r} must be a number >= 0 (seconds)")
+        if self.flops <= 0:
+            raise ValueError(f"NetworkModel.flops={self.flops!r} must be > 0 (FLOP/s)")
+
+    def link(self, src: int, dst: int):
+        """(alpha, beta) of the link src -> dst."""
+        if self.links is None:
+            return self.alpha, self.beta
+        if callable(self.links):
+            return self.links(src, dst)
+        return self.links.get((src, dst), (self.alpha, self.beta))
+
+    def message_time(self, src: int, dst: int, nbytes: int) -> float:
+        a, b = self.link(src, dst)
+        return a + nbytes * b
+
+    def speed(self, rank: int) -> float:
+        if self.speeds is None:
+            return 1.0
+        if isinstance(self.speeds, Mapping):
+            s = self.speeds.get(rank, 1.0)
+        else:
+            s = self.speeds[rank]
+        if s <= 0:
+            raise ValueError(f"NetworkModel.speeds[{rank}]={s!r} must be > 0")
+        return float(s)
+
+    def validate(self, world_size: int):
+        for r in self.failures:
+            if not (0 <= r < world_size):
+                raise ValueError(f"NetworkModel.failures names rank {r}, but world_size is {world_size}")
+        for s, d in self.drops:
+            if not (0 <= s < world_size and 0 <= d < world_size):
+                raise ValueError(f"NetworkModel.drops names link ({s}, {d}) outside 0..{world_size - 1}")
+        if self.speeds is not None and not isinstance(self.speeds, Mapping) and len(self.speeds) != world_size:
+            raise ValueError(f"NetworkModel.speeds has {len(self.speeds)} entries for {world_size} ranks")
+        for r in range(world_size):
+            self.speed(r)

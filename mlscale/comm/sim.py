@@ -1,0 +1,517 @@
+"""The ``sim`` engine: a deterministic discrete-event simulation of ``world_size``
+ranks in one process.
+
+Each rank is a greenlet (a micro-thread); only one runs at a time. The scheduler
+always resumes the rank whose virtual clock is earliest (ties: lowest rank), and a
+rank yields before every action others could see (a send) if another rank is behind
+it in virtual time. So messages are posted in virtual-time order, the order of events
+follows the modelled times and not the operating system, and the same program gives
+the same trace and the same bits on every run.
+
+Time passes only through messages (``NetworkModel``: alpha + nbytes * beta per
+message, one outgoing and one incoming port per rank), reductions (gamma per byte)
+and declared compute (``comm.compute``). Never through the wall clock.
+
+When no rank can run and some still wait, that is a deadlock: the scheduler knows what
+every rank waits for and says so (``DeadlockError``).
+"""
+from __future__ import annotations
+
+import heapq
+
+import greenlet
+import numpy as np
+
+from .base import Communicator, Request
+from .errors import CommError, DeadlockError, RankFailure, TimeoutError
+from .network import NetworkModel
+from .trace import Message, Span, Trace
+
+READY, RUNNING, BLOCKED, DONE, DEAD = "ready", "running", "blocked", "done", "dead"
+_DIE, _RESUME = 0, 1  # heap priorities: a death at time t happens before resumes at t
+
+
+class _Killed(BaseException):
+    """Unwinds a rank's greenlet when it dies or the run is aborted (not an Exception,
+    so a learner's ``except Exception`` does not swallow it)."""
+
+
+class _RankState:
+    __slots__ = (
+        "rank", "glet", "clock", "state", "waiting", "token", "result", "exc",
+        "egress", "ingress", "death", "died_at", "speed", "started",
+    )
+
+    def __init__(self, rank, speed, death):
+        self.rank = rank
+        self.clock = 0.0
+        self.state = READY
+        self.waiting = ""
+        self.token = 0
+        self.result = None
+        self.exc = None
+        self.egress = 0.0  # time this rank's outgoing port is free
+        self.ingress = 0.0  # time its incoming port is free
+        self.death = death
+        self.died_at = None
+        self.speed = speed
+        self.started = False
+        self.glet = None
+
+
+class _Box:
+    """FIFO of messages on one (context, src, dst, tag): message k matches receive k."""
+
+    __slots__ = ("msgs", "nsent", "nposted")
+
+    def __init__(self):
+        self.msgs = {}
+        self.nsent = 0
+        self.nposted = 0
+
+
+class Simulator:
+    def __init__(self, world_size, network=None, xp=np, record_trace=True):
+        self.world_size = world_size
+        self.net = network if network is not None else NetworkModel()
+        self.net.validate(world_size)
+        self.xp = xp
+        self.trace = Trace(world_size)
+        self.record = record_trace
+        self.heap = []
+        self.ranks = [
+            _RankState(r, self.net.speed(r), self.net.failures.get(r)) for r in range(world_size)
+        ]
+        self.boxes = {}
+        self.by_dst = {}  # (ctx, dst, tag) -> {src: box}, for recv_any
+        self.boards = {}  # (ctx, seq) -> {local rank: (sig, extra)}
+        self.agreed = {}  # (ctx, seq) -> [extras], [readers left]
+        self.now = 0.0
+        self.current = None
+        self.hub = None
+        self.ndropped = {}
+
+    # ------------------------------------------------------------------ the scheduler
+    def run(self, fn, args):
+        self.hub = greenlet.getcurrent()
+        world = list(range(self.world_size))
+        for R in self.ranks:
+            comm = SimComm(self, R.rank, self.world_size, ctx=(), group=world)
+            R.glet = greenlet.greenlet(self._body(R, comm, fn, args), parent=self.hub)
+            heapq.heappush(self.heap, (0.0, _RESUME, R.rank, R.token))
+            if R.death is not None:
+                heapq.heappush(self.heap, (float(R.death), _DIE, R.rank, 0))
+        heap = self.heap
+        while heap:
+            t, kind, r, tok = heapq.heappop(heap)
+            R = self.ranks[r]
+            if kind == _DIE:
+                if R.state in (READY, BLOCKED):
+                    self.now = t
+                    self._die(R, t)
+                    if R.started:
+                        R.glet.throw(_Killed())
+                continue
+            if tok != R.token or R.state not in (READY, BLOCKED):
+                continue
+            self.now = t
+            R.state = RUNNING
+            R.started = True
+            self.current = R
+            R.glet.switch()
+            self.current = None
+            if R.exc is not None:
+                self._abort()
+                raise _with_rank(R.exc, R.rank, self.world_size)
+        blocked = [R for R in self.ranks if R.state == BLOCKED]
+        if blocked:
+            err = DeadlockError(self._deadlock_message(blocked))
+            self._abort()
+            raise err
+        return [R.result for R in self.ranks]
+
+    def _body(self, R, comm, fn, args):
+        def body():
+            try:
+                R.result = fn(comm, *args)
+                R.state = DONE
+            except _Killed:
+                if R.state != DEAD:
+                    R.state = DONE
+            except BaseException as e:  # noqa: BLE001 - handed to launch's caller
+                R.exc = e
+                R.state = DONE
+
+        return body
+
+    def _abort(self):
+        for R in self.ranks:
+            if R.glet is not None and R.started and not R.glet.dead:
+                R.state = DEAD if R.state == DEAD else DONE
+                R.glet.throw(_Killed())
+
+    def _deadlock_message(self, blocked):
+        lines = [f"deadlock at t={self.now:.6g} s: every live rank waits and no message can arrive"]
+        for R in self.ranks:
+            if R.state == BLOCKED:
+                lines.append(f"  rank {R.rank} (t={R.clock:.6g} s) waits in {R.waiting}")
+            elif R.state == DEAD:
+                lines.append(f"  rank {R.rank} died at t={R.died_at:.6g} s")
+            else:
+                lines.append(f"  rank {R.rank} finished at t={R.clock:.6g} s")
+        for (s, d), n in sorted(self.ndropped.items()):
+            lines.append(f"  the network model dropped {n} message(s) on link {s}->{d}")
+        lines.append(
+            "Fix: make every send meet a matching recv (same src/dst/tag) and every rank call the "
+            "same collectives in the same order; in a ring use sendrecv or isend/irecv so no "
+            "rank waits for a neighbour that waits for it."
+        )
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ rank-side primitives
+    def _switch_out(self, R):
+        self.hub.switch()
+        if R.state == DEAD:
+            raise _Killed()
+
+    def _yield(self, R):
+        """Let ranks that are behind in virtual time run first."""
+        R.token += 1
+        R.state = READY
+        heapq.heappush(self.heap, (R.clock, _RESUME, R.rank, R.token))
+        self._switch_out(R)
+
+    def _sync(self, R):
+        h = self.heap
+        if h and (h[0][0], h[0][1], h[0][2]) < (R.clock, _RESUME, R.rank):
+            self._yield(R)
+
+    def _block(self, R, what, deadline=None):
+        R.token += 1
+        R.state = BLOCKED
+        R.waiting = what
+        if deadline is not None:
+            heapq.heappush(self.heap, (deadline, _RESUME, R.rank, R.token))
+        self._switch_out(R)
+        R.waiting = ""
+
+    def _wake(self, R, key):
+        if R.state == BLOCKED:
+            R.token += 1
+            R.state = READY
+            heapq.heappush(self.heap, (max(key, R.clock), _RESUME, R.rank, R.token))
+
+    def _wake_all_blocked(self, t):
+        for Q in self.ranks:
+            self._wake(Q, t)
+
+    def advance(self, R, t):
+        """Move rank R's clock to t (never back); it dies if t passes its death time."""
+        if R.death is not None and t >= R.death:
+            R.clock = max(R.clock, float(R.death))
+            self._die(R, R.clock)
+            raise _Killed()
+        if t > R.clock:
+            R.clock = t
+
+    def _die(self, R, t):
+        R.state = DEAD
+        R.died_at = t
+        R.clock = t
+        self._wake_all_blocked(t)  # whoever waits on it learns it died
+
+    def compute(self, R, seconds, label="compute"):
+        if seconds < 0:
+            raise CommError(f"rank {R.rank}: compute(seconds={seconds}) must be >= 0")
+        start = R.clock
+        self.advance(R, start + seconds / R.speed)
+        if self.record and seconds > 0:
+            self.trace.spans.append(Span(R.rank, start, R.clock, label))
+
+    # ------------------------------------------------------------------ messages
+    def _box(self, ctx, src, dst, tag):
+        key = (ctx, src, dst, tag)
+        box = self.boxes.get(key)
+        if box is None:
+            box = self.boxes[key] = _Box()
+            self.by_dst.setdefault((ctx, dst, tag), {})[src] = box
+        return box
+
+    def post(self, R, ctx, dst, tag, buf, label):
+        """Put a message on the wire from R to global rank dst; return its arrival time."""
+        self._sync(R)
+        D = self.ranks[dst]
+        if D.state == DEAD:
+            raise RankFailure(
+                f"rank {R.rank} sent to rank {dst} (tag {tag}), which died at t={D.died_at:.6g} s",
+                failed_rank=dst,
+            )
+        nbytes = buf.nbytes
+        start = max(R.clock, R.egress, D.ingress)
+        end = start + self.net.message_time(R.rank, dst, nbytes)
+        if R.death is not None and end > R.death:  # dies mid-transfer: the message is lost
+            self.advance(R, float(R.death))
+        R.egress = D.ingress = end
+        drop_at = self.net.drops.get((R.rank, dst)) if self.net.drops else None
+        dropped = drop_at is not None and start >= drop_at
+        if self.record:
+            self.trace.messages.append(Message(start, end, R.rank, dst, nbytes, tag, label, dropped))
+        if dropped:
+            self.ndropped[(R.rank, dst)] = self.ndropped.get((R.rank, dst), 0) + 1
+            return end
+        box = self._box(ctx, R.rank, dst, tag)
+        box.msgs[box.nsent] = (end, buf.copy())
+        box.nsent += 1
+        if D.state == BLOCKED:
+            self._wake(D, end)
+        return end
+
+    def take(self, R, ctx, src, tag, idx, out, deadline, what):
+        """Complete receive number ``idx`` on (ctx, src -> R, tag)."""
+        box = self._box(ctx, src, R.rank, tag)
+        while True:
+            item = box.msgs.get(idx)
+            if item is not None and (deadline is None or item[0] <= deadline):
+                del box.msgs[idx]
+                self.advance(R, item[0])
+                return _deliver(item[1], out, R.rank, src, tag)
+            S = self.ranks[src]
+            if item is None and S.state == DEAD:
+                self.advance(R, S.died_at)
+                raise RankFailure(
+                    f"rank {R.rank} waited in {what}: rank {src} died at t={S.died_at:.6g} s "
+                    "before sending it", failed_rank=src,
+                )
+            if deadline is not None and (self.now >= deadline or (item is not None)):
+                self.advance(R, deadline)
+                if box.nposted == idx + 1:
+                    box.nposted = idx  # cancel the receive, as MPI_Cancel would
+                raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
+            self._block(R, what, deadline)
+
+    def take_any(self, R, ctx, tag, out, deadline):
+        """Receive the earliest-arriving message from any source (MPI_ANY_SOURCE)."""
+        what = f"recv_any(tag={tag})"
+        while True:
+            best = None
+            for src, box in self.by_dst.get((ctx, R.rank, tag), {}).items():
+                item = box.msgs.get(box.nposted)
+                if item is not None and (best is None or (item[0], src) < best[:2]):
+                    best = (item[0], src, box)
+            if best is not None and (deadline is None or best[0] <= deadline):
+                h = self.heap
+                key = max(best[0], R.clock)
+                if h and (h[0][0], h[0][1], h[0][2]) < (key, _RESUME, R.rank):
+                    R.token += 1  # others may still send something that arrives earlier
+                    R.state = READY
+                    heapq.heappush(h, (key, _RESUME, R.rank, R.token))
+                    self._switch_out(R)
+                    continue
+                arrival, src, box = best
+                idx = box.nposted
+                box.nposted += 1
+                payload = box.msgs.pop(idx)[1]
+                self.advance(R, arrival)
+                return src, _deliver(payload, out, R.rank, src, tag)
+            if deadline is not None and self.now >= deadline:
+                self.advance(R, deadline)
+                raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
+            if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q is not R):
+                raise DeadlockError(f"rank {R.rank} waits in {what} but every other rank has finished or died")
+            self._block(R, what, deadline)
+
+    # ------------------------------------------------------------------ agreement (no modelled cost)
+    def agree(self, comm, sig, extra):
+        R = self.ranks[comm.group[comm.rank]]
+        key = (comm.ctx, comm._coll_seq)
+        board = self.boards.setdefault(key, {})
+        for r, (s, _) in board.items():
+            if s != sig:
+                raise CommError(_mismatch_message(comm, r, s, sig))
+            break
+        board[comm.rank] = (sig, extra)
+        if len(board) == comm.world_size:
+            self.agreed[key] = [[board[r][1] for r in range(comm.world_size)], comm.world_size]
+            del self.boards[key]
+            for g in comm.group:
+                self._wake(self.ranks[g], self.ranks[g].clock)
+        while key not in self.agreed:
+            board = self.boards[key]
+            dead = [comm.group.index(g) for g in comm.group if self.ranks[g].state == DEAD]
+            if dead:
+                raise RankFailure(
+                    f"rank {comm.rank} waits in {sig[0]} (collective #{comm._coll_seq}) for rank(s) "
+                    f"{dead}, which died", failed_rank=dead[0],
+                )
+            missing = [r for r in range(comm.world_size) if r not in board]
+            self._block(R, f"{sig[0]} (collective #{comm._coll_seq}), waiting for rank(s) {missing} to call it")
+        entry = self.agreed[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.agreed[key]
+        return entry[0]
+
+
+def _mismatch_message(comm, other, theirs, mine):
+    names = ("collective", "shape", "dtype", "op", "algorithm", "root")
+    diffs = [
+        f"{n}: rank {other} passed {a!r}, rank {comm.rank} passed {b!r}"
+        for n, a, b in zip(names, theirs, mine)
+        if a != b
+    ]
+    return (
+        f"collective #{comm._coll_seq} on {comm.world_size} ranks: ranks disagree ("
+        + "; ".join(diffs)
+        + "). Every rank must call the same collective, in the same order, with the same "
+        "shape, dtype, op, algorithm and root."
+    )
+
+
+def _deliver(payload, out, rank, src, tag):
+    if out is None:
+        return payload
+    if out.shape != payload.shape or out.dtype != payload.dtype:
+        raise CommError(
+            f"rank {rank}: recv(src={src}, tag={tag}) got {payload.shape} {payload.dtype} but out= is "
+            f"{out.shape} {out.dtype}; pass an out= of the sender's shape and dtype"
+        )
+    out[...] = payload
+    return out
+
+
+def _with_rank(exc, rank, world_size):
+    note = f"(raised on rank {rank} of {world_size}, sim engine)"
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    exc.rank = rank
+    return exc
+
+
+class _SendRequest(Request):
+    __slots__ = ("sim", "R", "end")
+
+    def __init__(self, sim, R, end):
+        self.sim, self.R, self.end = sim, R, end
+
+    def wait(self):
+        self.sim.advance(self.R, self.end)
+
+    def test(self):
+        return self.R.clock >= self.end
+
+
+class _RecvRequest(Request):
+    __slots__ = ("comm", "src", "tag", "idx", "out", "done", "value")
+
+    def __init__(self, comm, src, tag, idx, out):
+        self.comm, self.src, self.tag, self.idx, self.out = comm, src, tag, idx, out
+        self.done, self.value = False, None
+
+    def wait(self):
+        if not self.done:
+            c = self.comm
+            self.value = c.sim.take(
+                c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
+                f"irecv(src={self.src}, tag={self.tag}).wait()",
+            )
+            self.done = True
+        return self.value
+
+    def test(self):
+        c = self.comm
+        item = c.sim._box(c.ctx, c.group[self.src], c._R.rank, self.tag).msgs.get(self.idx)
+        return self.done or (item is not None and item[0] <= c._R.clock)
+
+
+class SimComm(Communicator):
+    """A rank's view of the simulated world (or of a ``split`` sub-group of it)."""
+
+    backend = "sim"
+
+    def __init__(self, sim, rank, world_size, ctx, group):
+        super().__init__(rank, world_size, sim.xp)
+        self.sim = sim
+        self.ctx = ctx
+        self.group = group  # local rank -> global rank
+        self._R = sim.ranks[group[rank]]
+
+    @property
+    def clock(self):
+        """This rank's virtual time, in seconds."""
+        return self._R.clock
+
+    @property
+    def network(self):
+        return self.sim.net
+
+    def compute(self, seconds=None, flops=None, label="compute"):
+        """Spend ``seconds`` (or ``flops`` at the modelled FLOP/s) of virtual compute,
+        slowed by this rank's ``NetworkModel.speeds`` factor."""
+        if seconds is None and flops is None:
+            raise CommError("compute() needs seconds= or flops=")
+        s = (seconds or 0.0) + (flops or 0.0) / self.sim.net.flops
+        self.sim.compute(self._R, s, label)
+
+    def _charge_reduce(self, nbytes):
+        g = self.sim.net.gamma
+        if g:
+            self.sim.compute(self._R, nbytes * g, "reduce")
+
+    def _send(self, buf, dst, tag):
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
+        self.sim.advance(self._R, end)
+
+    def _isend(self, buf, dst, tag):
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
+        return _SendRequest(self.sim, self._R, end)
+
+    def _post_recv(self, src, tag):
+        box = self.sim._box(self.ctx, self.group[src], self._R.rank, tag)
+        idx = box.nposted
+        box.nposted += 1
+        return idx
+
+    def _recv(self, src, tag, out, timeout=None):
+        idx = self._post_recv(src, tag)
+        deadline = None if timeout is None else self._R.clock + timeout
+        return self.sim.take(
+            self._R, self.ctx, self.group[src], tag, idx, out, deadline, f"recv(src={src}, tag={tag})"
+        )
+
+    def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
+        """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``."""
+        src = self._check_peer(src, "src")
+        tag = self._check_tag(tag, _internal)
+        return self._recv(src, tag, out, timeout)
+
+    def _irecv(self, src, tag, out):
+        return _RecvRequest(self, src, tag, self._post_recv(src, tag), out)
+
+    def recv_any(self, tag=0, out=None, timeout=None):
+        """Receive the first message to arrive from any rank: returns ``(src, array)``."""
+        tag = self._check_tag(tag)
+        deadline = None if timeout is None else self._R.clock + timeout
+        gsrc, arr = self.sim.take_any(self._R, self.ctx, tag, out, deadline)
+        return self.group.index(gsrc), arr
+
+    def _agree(self, signature, extra=None):
+        return self.sim.agree(self, signature, extra)
+
+    def barrier(self):
+        from ..collectives.rooted import barrier_dissemination
+
+        with self.label("barrier"):
+            barrier_dissemination(self)
+
+    def split(self, color, key=None):
+        """Sub-communicators (MPI_Comm_split): ranks with the same ``color`` form a
+        group ordered by ``(key, rank)``; ``color=None`` gets None back."""
+        seq = self._coll_seq
+        extras = self._agree(("split", None, None, None, None, None), (color, self.rank if key is None else key))
+        self._coll_seq += 1
+        if color is None:
+            return None
+        members = sorted((k, r) for r, (c, k) in enumerate(extras) if c == color)
+        group = [self.group[r] for _, r in members]
+        new_rank = [r for _, r in members].index(self.rank)
+        return SimComm(self.sim, new_rank, len(group), ctx=self.ctx + ((seq, color),), group=group)
