@@ -1,0 +1,289 @@
+"""The sim engine: virtual clocks, determinism, deadlock and failure reports, the trace."""
+import time
+
+import numpy as np
+import pytest
+
+import mlscale as ms
+from mlscale.comm import CommError, DeadlockError, RankFailure, TimeoutError
+
+NET = ms.NetworkModel(alpha=1e-5, beta=1e-9)
+
+
+def test_ping_pong_clock_is_alpha_plus_n_beta():
+    def prog(comm):
+        x = np.zeros(1000, dtype=np.uint8)
+        if comm.rank == 0:
+            comm.send(x, 1)
+            t_send = comm.clock
+            comm.recv(1)
+            return t_send, comm.clock
+        comm.recv(0)
+        t_recv = comm.clock
+        comm.send(x, 0)
+        return t_recv, comm.clock
+
+    (t0s, t0r), (t1r, t1s) = ms.launch(prog, 2, network=NET)
+    one_way = 1e-5 + 1000 * 1e-9
+    assert t0s == pytest.approx(one_way) and t1r == pytest.approx(one_way)
+    assert t0r == pytest.approx(2 * one_way) and t1s == pytest.approx(2 * one_way)
+
+
+def test_compute_advances_only_the_virtual_clock_and_stragglers_are_slower():
+    net = ms.NetworkModel(alpha=0, beta=0, speeds={2: 0.25}, flops=1e9)
+
+    def prog(comm):
+        comm.compute(seconds=0.5)
+        comm.compute(flops=2e9)
+        return comm.clock
+
+    t = time.perf_counter()
+    res = ms.launch(prog, 3, network=net)
+    assert time.perf_counter() - t < 1.0  # nothing sleeps
+    assert res[:2] == [pytest.approx(2.5), pytest.approx(2.5)]
+    assert res[2] == pytest.approx(10.0)
+    assert [s.label for s in res.trace.spans].count("compute") == 6
+
+
+def chatter(comm):
+    """Many messages, any-source receives and uneven compute: a program whose event
+    order depends on timing."""
+    rng = np.random.default_rng(comm.rank)
+    total = np.zeros(4)
+    for step in range(20):
+        comm.compute(seconds=float(rng.uniform(0, 1e-4)))
+        if comm.rank == 0:
+            for _ in range(comm.world_size - 1):
+                _, x = comm.recv_any(tag=1)
+                total += x
+        else:
+            comm.send(rng.standard_normal(4), 0, tag=1)
+        total = comm.all_reduce(total, algorithm="ring") / comm.world_size
+    return total
+
+
+def test_same_program_same_trace_same_bits():
+    a = ms.launch(chatter, 5, network=NET)
+    b = ms.launch(chatter, 5, network=NET)
+    assert a.trace.messages == b.trace.messages
+    assert [x.tobytes() for x in a] == [x.tobytes() for x in b]
+    assert a.clocks == b.clocks
+
+
+def test_recv_any_takes_messages_in_arrival_order():
+    def prog(comm):
+        if comm.rank == 0:
+            return [comm.recv_any()[0] for _ in range(3)]
+        comm.compute(seconds={1: 5e-3, 2: 1e-3, 3: 3e-3}[comm.rank])
+        comm.send(np.ones(1), 0)
+
+    assert ms.launch(prog, 4, network=NET)[0] == [2, 3, 1]
+
+
+def test_deadlock_is_reported_with_what_each_rank_waits_for():
+    def prog(comm):
+        comm.recv((comm.rank + 1) % 2, tag=3)
+
+    t = time.perf_counter()
+    with pytest.raises(DeadlockError) as e:
+        ms.launch(prog, 2)
+    assert time.perf_counter() - t < 2
+    msg = str(e.value)
+    assert "rank 0" in msg and "recv(src=1, tag=3)" in msg and "recv(src=0, tag=3)" in msg
+
+
+def test_deadlock_when_a_rank_skips_a_collective():
+    def prog(comm):
+        if comm.rank != 2:
+            comm.all_reduce(np.ones(3))
+
+    with pytest.raises(DeadlockError, match=r"waiting for rank\(s\) \[2\]"):
+        ms.launch(prog, 3)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda c: c.all_reduce(np.ones(3 + c.rank)), "shape"),
+        (lambda c: c.all_reduce(np.ones(3, dtype="f4" if c.rank else "f8")), "dtype"),
+        (lambda c: c.all_reduce(np.ones(3), op="sum" if c.rank else "max"), "op"),
+        (lambda c: c.all_reduce(np.ones(3), algorithm="ring" if c.rank else "tree"), "algorithm"),
+        (lambda c: c.broadcast(np.ones(3), root=c.rank), "root"),
+        (lambda c: c.all_reduce(np.ones(3), algorithm="butterfly"), "unknown all_reduce algorithm"),
+        (lambda c: c.all_reduce(np.ones(3), op="avg"), "unknown reduction op"),
+        (lambda c: c.send(np.ones(3), 7), "dst=7 is not a rank"),
+        (lambda c: c.send(np.ones(3), 1 - c.rank, tag=-1), "tag=-1"),
+        (lambda c: c.recv(1 - c.rank, out=np.zeros(4)) if c.rank else c.send(np.ones(3), 1), "out= is"),
+    ],
+)
+def test_bad_input_is_a_clear_error_not_a_hang(bad, match):
+    with pytest.raises(CommError, match=match):
+        ms.launch(bad, 2)
+
+
+def test_a_ranks_exception_reaches_the_caller_with_the_rank():
+    def prog(comm):
+        comm.barrier()
+        if comm.rank == 2:
+            raise ValueError("bad batch")
+        comm.recv(2)
+
+    with pytest.raises(ValueError, match="bad batch") as e:
+        ms.launch(prog, 4)
+    assert e.value.rank == 2
+    assert any("rank 2 of 4" in n for n in getattr(e.value, "__notes__", [])) or not hasattr(e.value, "add_note")
+
+
+def test_a_dead_peer_gives_rank_failure_and_survivors_can_go_on():
+    net = ms.NetworkModel(alpha=1e-5, beta=0, failures={1: 1e-3})
+
+    def prog(comm):
+        if comm.rank == 1:
+            comm.compute(seconds=2e-3)  # dies at 1 ms, half way
+            comm.send(np.ones(1), 0)
+            return "unreachable"
+        try:
+            comm.recv(1)
+        except RankFailure as e:
+            return ("failed", e.failed_rank, comm.clock)
+
+    res = ms.launch(prog, 2, network=net)
+    assert res[0] == ("failed", 1, pytest.approx(1e-3))
+    assert res[1] is None and res.failed == {1: pytest.approx(1e-3)}
+
+
+def test_a_rank_dying_while_others_wait_in_a_collective():
+    net = ms.NetworkModel(failures={0: 0.0})
+    with pytest.raises(RankFailure):
+        ms.launch(lambda c: c.all_reduce(np.ones(2), algorithm="ring"), 3, network=net)
+
+
+def test_a_dropped_link_is_named_in_the_deadlock_report_and_timeouts_work():
+    net = ms.NetworkModel(drops={(0, 1): 0.0})
+
+    def prog(comm):
+        if comm.rank == 0:
+            comm.send(np.ones(2), 1)
+        else:
+            comm.recv(0)
+
+    with pytest.raises(DeadlockError, match="dropped 1 message"):
+        ms.launch(prog, 2, network=net)
+
+    def prog_timeout(comm):
+        if comm.rank == 0:
+            comm.send(np.ones(2), 1)
+            return None
+        try:
+            comm.recv(0, timeout=0.5)
+        except TimeoutError:
+            return comm.clock
+
+    assert ms.launch(prog_timeout, 2, network=net)[1] == pytest.approx(0.5)
+
+
+def test_send_copies_so_the_sender_may_reuse_its_buffer():
+    def prog(comm):
+        x = np.arange(4.0)
+        if comm.rank == 0:
+            req = comm.isend(x, 1)
+            req.wait()
+            x[:] = -1
+            comm.send(x, 1)
+            return None
+        return comm.recv(0), comm.irecv(0).wait()
+
+    a, b = ms.launch(prog, 2)[1]
+    assert a.tolist() == [0, 1, 2, 3] and b.tolist() == [-1, -1, -1, -1]
+
+
+def test_messages_between_a_pair_do_not_overtake():
+    def prog(comm):
+        if comm.rank == 0:
+            for i in range(5):
+                comm.send(np.full(1 + 1000 * (i % 2), i), 1)
+            return None
+        reqs = [comm.irecv(0) for _ in range(5)]
+        return [int(r.wait()[0]) for r in reversed(reqs)][::-1]
+
+    assert ms.launch(prog, 2, network=NET)[1] == [0, 1, 2, 3, 4]
+
+
+def test_one_ingress_port_makes_the_server_link_the_bottleneck():
+    n = 1_000_000
+    net = ms.NetworkModel(alpha=1e-5, beta=1e-9)
+
+    def prog(comm):
+        if comm.rank == 0:
+            for src in range(1, comm.world_size):
+                comm.recv(src)
+        else:
+            comm.send(np.zeros(n, dtype=np.uint8), 0)
+        return comm.clock
+
+    res = ms.launch(prog, 5, network=net)
+    assert res[0] == pytest.approx(4 * (1e-5 + n * 1e-9))
+
+
+def test_per_link_costs():
+    net = ms.NetworkModel(alpha=1e-6, beta=1e-9, links={(0, 1): (1e-3, 1e-6)})
+
+    def prog(comm):
+        if comm.rank == 0:
+            comm.send(np.zeros(100, np.uint8), 1)
+            comm.send(np.zeros(100, np.uint8), 2)
+        else:
+            comm.recv(0)
+        return comm.clock
+
+    res = ms.launch(prog, 3, network=net)
+    assert res[1] == pytest.approx(1e-3 + 100e-6)
+    assert res[2] == pytest.approx(1e-3 + 100e-6 + 1e-6 + 100e-9)
+
+
+def test_split_makes_process_grids():
+    def prog(comm):
+        row = comm.split(color=comm.rank // 3, key=comm.rank)
+        col = comm.split(color=comm.rank % 3)
+        r = row.all_reduce(np.array([comm.rank]), algorithm="ring")
+        c = col.all_reduce(np.array([comm.rank]), algorithm="tree")
+        return row.rank, row.world_size, int(r[0]), col.world_size, int(c[0])
+
+    res = ms.launch(prog, 6)
+    assert res[4] == (1, 3, 3 + 4 + 5, 2, 1 + 4)
+    assert res[0] == (0, 3, 0 + 1 + 2, 2, 0 + 3)
+
+
+def test_256_ranks():
+    def prog(comm):
+        return comm.all_reduce(np.array([comm.rank], dtype=np.int64), algorithm="ring")
+
+    t = time.perf_counter()
+    res = ms.launch(prog, 256)
+    assert all(int(x[0]) == 255 * 256 // 2 for x in res)
+    assert len(res.trace) == 2 * 255 * 256
+    assert time.perf_counter() - t < 30
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 5, 8])
+def test_ring_bytes_per_rank_are_2_p_minus_1_over_p(p):
+    n = 840 * 8
+
+    def prog(comm):
+        comm.all_reduce(np.ones(840), algorithm="ring")
+        return comm.nbytes_sent
+
+    res = ms.launch(prog, p)
+    assert res.trace.per_rank_bytes("all_reduce/ring") == [2 * (p - 1) * n // p] * p
+    assert list(res) == [2 * (p - 1) * n // p] * p
+
+
+def test_launch_argument_errors():
+    with pytest.raises(CommError, match="world_size"):
+        ms.launch(lambda c: None, 0)
+    with pytest.raises(CommError, match="unknown backend"):
+        ms.launch(lambda c: None, 2, backend="gloo")
+    with pytest.raises(CommError, match="network= models the simulated network"):
+        ms.launch(lambda c: None, 2, backend="mpi", network=NET)
+    with pytest.raises(ValueError, match="alpha"):
+        ms.NetworkModel(alpha=-1)
