@@ -18,6 +18,20 @@ def sendrecv(comm, x, dst, src, out=None):
     return comm.sendrecv(x, dst, src, TAG, out, _internal=True)
 
 
+def pass_along(comm, x, dst, src, into=None, give=False):
+    """One step of a pipeline round a ring: send ``x`` on to ``dst``, receive the next
+    piece from ``src``; returns the piece received, which the caller may pass along in
+    turn. ``into``: where the piece must end up (it is received straight there on
+    engines that prefer that). ``give``: the caller never touches ``x`` again, so the
+    sim engine hands the buffer over instead of copying it."""
+    if comm.prefers_out:
+        return comm.sendrecv(x, dst, src, TAG, out=into, _internal=True)
+    got = comm.sendrecv(x, dst, src, TAG, _internal=True, _give=give)
+    if into is not None:
+        into[...] = got
+    return got
+
+
 def reduce_(comm, acc, x, op):
     """acc <- acc (op) x, charging the modelled reduction cost (gamma)."""
     reduce_into(acc, x, op)
@@ -55,3 +69,8 @@ def fold(p):
         return 2 * v + 1 if v < rem else v + rem
 
     return pof2, rem, newrank_of, real_of
+
+
+def release(comm, arr):
+    """The algorithm is done with a buffer it received (lets the sim engine reuse it)."""
+    comm._release(arr)

@@ -5,7 +5,7 @@ The cost of each (alpha latency, beta s/byte, gamma s/byte reduced, n bytes,
 p ranks) is in :mod:`mlscale.collectives.cost`; on the ``sim`` engine the virtual
 time equals it.
 """
-from ._p2p import bounds, fold, recv, reduce_, send, sendrecv
+from ._p2p import bounds, fold, pass_along, recv, reduce_, release, send, sendrecv
 from ._reduce_ops import finish
 from .rooted import broadcast_tree, reduce_tree
 
@@ -36,39 +36,58 @@ def tree(comm, x, op):
     return broadcast_tree(comm, acc if comm.rank == 0 else x, 0)
 
 
-def _ring_reduce_scatter(comm, acc, cut, op, shift):
-    """p-1 steps round the ring; at step s rank r sends chunk (r - s + shift) to its
-    right neighbour and reduces chunk (r - s - 1 + shift) from its left one. Afterwards
-    rank r holds the full reduction of chunk (r + 1 + shift) mod p."""
+def _ring_reduce_scatter(comm, flat, cut, op, shift):
+    """p-1 steps round the ring. At step s rank r passes its partial sum of chunk
+    (r - s + shift) to the right, receives the left neighbour's partial sum of chunk
+    (r - s - 1 + shift) and adds its own piece of it. Returns (c, chunk): after the
+    last step rank r holds chunk c = (r + 1 + shift) mod p reduced over every rank."""
     p, r = comm.world_size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
+    i0 = (r + shift) % p
+    partial = flat[cut[i0]:cut[i0 + 1]]  # step 0 sends my own piece
+    spare = None
+    if comm.prefers_out and p > 1:  # two buffers: one on the wire, one being received
+        widest = max(cut[i + 1] - cut[i] for i in range(p))
+        spare = [comm.xp.empty(widest, flat.dtype) for _ in range(2)]
     for s in range(p - 1):
-        si, ri = (r - s + shift) % p, (r - s - 1 + shift) % p
-        got = sendrecv(comm, acc[cut[si]:cut[si + 1]], right, left)
-        reduce_(comm, acc[cut[ri]:cut[ri + 1]], got, op)
-    return (r + 1 + shift) % p
+        ri = (r - s - 1 + shift) % p
+        into = spare[s % 2][: cut[ri + 1] - cut[ri]] if spare else None
+        got = pass_along(comm, partial, right, left, into=into, give=s > 0)
+        reduce_(comm, got, flat[cut[ri]:cut[ri + 1]], op)  # add my piece of chunk ri
+        partial = got
+    return (r + 1 + shift) % p, partial
 
 
-def _ring_all_gather(comm, acc, cut, owned):
-    """p-1 steps round the ring passing on the chunk received last; rank r starts
-    with chunk ``owned`` complete and ends with every chunk."""
+def _ring_all_gather(comm, acc, cut, owned, first=None):
+    """p-1 steps round the ring, each rank passing on the chunk it received last;
+    rank r starts with chunk ``owned`` complete (in ``acc``, or ``first``) and ends
+    with every chunk in ``acc``."""
     p, r = comm.world_size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
+    cur = acc[cut[owned]:cut[owned + 1]] if first is None else first
     for s in range(p - 1):
-        si, ri = (owned - s) % p, (owned - s - 1) % p
-        sendrecv(comm, acc[cut[si]:cut[si + 1]], right, left, out=acc[cut[ri]:cut[ri + 1]])
+        ri = (owned - s - 1) % p
+        cur = pass_along(comm, cur, right, left, into=acc[cut[ri]:cut[ri + 1]], give=s > 0 or first is not None)
+    if p > 1 and not comm.prefers_out:
+        release(comm, cur)
 
 
-def ring(comm, x, op):
+def ring(comm, x, op, out=None):
     """Ring all-reduce = reduce-scatter + all-gather round a ring (Patarasuk and Yuan
     2009; Baidu, Gibiansky 2017). Each rank sends exactly 2(p-1)/p of the data, however
     large p is: 2(p-1) alpha + 2((p-1)/p) n beta + ((p-1)/p) n gamma (bandwidth-optimal)."""
     p = comm.world_size
-    acc = x.reshape(-1).copy()
-    cut = bounds(acc.size, p)
-    owned = _ring_reduce_scatter(comm, acc, cut, op, 0)
-    _ring_all_gather(comm, acc, cut, owned)
-    return finish(acc, op, p).reshape(x.shape)
+    flat = x.reshape(-1)
+    acc = comm.xp.empty_like(flat) if out is None else out.reshape(-1)
+    cut = bounds(flat.size, p)
+    owned, chunk = _ring_reduce_scatter(comm, flat, cut, op, 0)
+    acc[cut[owned]:cut[owned + 1]] = chunk
+    _ring_all_gather(comm, acc, cut, owned, first=chunk if p > 1 else None)
+    res = finish(acc, op, p)
+    return out if res is acc and out is not None else res.reshape(x.shape)
+
+
+ring.accepts_out = True
 
 
 def recursive_doubling(comm, x, op):

@@ -30,11 +30,13 @@ def reduce_scatter_naive(comm, x, op):
 def reduce_scatter_ring(comm, x, op):
     """The first half of the ring all-reduce, shifted so rank r ends with chunk r."""
     p, r = comm.world_size, comm.rank
-    acc = x.reshape(-1).copy()
-    cut = bounds(acc.size, p)
-    owned = _ring_reduce_scatter(comm, acc, cut, op, -1)
+    flat = x.reshape(-1)
+    cut = bounds(flat.size, p)
+    owned, chunk = _ring_reduce_scatter(comm, flat, cut, op, -1)
     assert owned == r
-    return finish(acc[cut[r]:cut[r + 1]].copy(), op, p)
+    if p == 1 or comm.prefers_out:  # a view of x, or a scratch buffer: copy it out
+        chunk = chunk.copy()
+    return finish(chunk, op, p)
 
 
 def _super_cut(cut, p):

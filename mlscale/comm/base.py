@@ -57,6 +57,9 @@ class Communicator:
     """
 
     backend = "base"
+    #: True where receiving into a buffer you own is cheapest (MPI, NCCL); False on
+    #: sim, where a received message is a buffer handed over without a copy
+    prefers_out = True
 
     def __init__(self, rank: int, world_size: int, xp=np):
         self.rank = int(rank)
@@ -81,6 +84,11 @@ class Communicator:
     def _irecv(self, src, tag, out) -> Request:  # pragma: no cover
         raise NotImplementedError
 
+    def _isend_given(self, buf, dst, tag) -> Request:
+        """isend of a buffer the caller gives away (never touches again): the sim engine
+        then needs no snapshot. Real engines: a plain isend."""
+        return self._isend(buf, dst, tag)
+
     def _agree(self, signature, extra=None) -> list:  # pragma: no cover
         """Exchange ``(signature, extra)`` with every rank (no modelled cost). Raise
         CommError naming the ranks if the signatures differ; return every rank's
@@ -93,6 +101,9 @@ class Communicator:
 
     def _charge_reduce(self, nbytes):
         """Account for reducing ``nbytes`` (gamma in the cost model). Real engines: no-op."""
+
+    def _release(self, arr):
+        """A collective is done with a received buffer (the sim engine recycles it)."""
 
     def barrier(self):  # pragma: no cover
         raise NotImplementedError
@@ -167,13 +178,13 @@ class Communicator:
         tag = self._check_tag(tag, _internal)
         return self._recv(src, tag, out)
 
-    def isend(self, x, dst, tag=0, _internal=False) -> Request:
+    def isend(self, x, dst, tag=0, _internal=False, _give=False) -> Request:
         """Non-blocking send; do not modify ``x`` before ``wait()``."""
         dst = self._check_peer(dst, "dst")
         tag = self._check_tag(tag, _internal)
         buf = self._as_array(x)
         self._count(buf)
-        return self._isend(buf, dst, tag)
+        return self._isend_given(buf, dst, tag) if _give else self._isend(buf, dst, tag)
 
     def irecv(self, src, tag=0, out=None, _internal=False) -> Request:
         """Non-blocking receive; ``req.wait()`` returns the array."""
@@ -181,11 +192,11 @@ class Communicator:
         tag = self._check_tag(tag, _internal)
         return self._irecv(src, tag, out)
 
-    def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False):
+    def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False, _give=False):
         """Send ``x`` to ``dst`` and receive from ``src`` at the same time (no deadlock
         in a ring: every rank sends right and receives left). Returns what arrived."""
         rreq = self.irecv(src, tag, out, _internal=_internal)
-        sreq = self.isend(x, dst, tag, _internal=_internal)
+        sreq = self.isend(x, dst, tag, _internal=_internal, _give=_give)
         y = rreq.wait()
         sreq.wait()
         return y
@@ -231,6 +242,8 @@ class Communicator:
         """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
+        if out is not None and getattr(fn, "accepts_out", False):
+            return _into(out, self._run("all_reduce", fn, x, op, out))
         return _into(out, self._run("all_reduce", fn, x, op))
 
     def reduce_scatter(self, x, op="sum", algorithm=None, out=None):
@@ -295,12 +308,13 @@ def _bind(fn, name):
         return fn(comm, *args)
 
     bound.algorithm = name
+    bound.accepts_out = getattr(fn, "accepts_out", False)
     return bound
 
 
 def _into(out, y):
-    if out is None:
-        return y
+    if out is None or y is out or (y.base is not None and y.base is out.base and y.base is not None):
+        return y if out is None else out
     if tuple(out.shape) != tuple(y.shape) or out.dtype != y.dtype:
         raise CommError(
             f"out= has shape {tuple(out.shape)} {out.dtype}, the result is {tuple(y.shape)} {y.dtype}"

@@ -90,6 +90,7 @@ class Simulator:
         self.current = None
         self.hub = None
         self.ndropped = {}
+        self.pool = {}
 
     # ------------------------------------------------------------------ the scheduler
     def run(self, fn, args):
@@ -237,7 +238,7 @@ class Simulator:
             self.by_dst.setdefault((ctx, dst, tag), {})[src] = box
         return box
 
-    def post(self, R, ctx, dst, tag, buf, label):
+    def post(self, R, ctx, dst, tag, buf, label, given=False):
         """Put a message on the wire from R to global rank dst; return its arrival time."""
         self._sync(R)
         D = self.ranks[dst]
@@ -260,11 +261,35 @@ class Simulator:
             self.ndropped[(R.rank, dst)] = self.ndropped.get((R.rank, dst), 0) + 1
             return end
         box = self._box(ctx, R.rank, dst, tag)
-        box.msgs[box.nsent] = (end, buf.copy())
+        box.msgs[box.nsent] = (end, buf if given else self._snapshot(buf))
         box.nsent += 1
         if D.state == BLOCKED:
             self._wake(D, end)
         return end
+
+    # A message is a snapshot of the sender's buffer (so the sender may reuse it at
+    # once). Large snapshots come from a pool of recycled buffers: fresh memory costs a
+    # page fault per page, which would dominate a simulated all-reduce of 64 MiB.
+    POOL_MIN = 1 << 18
+    POOL_MAX_PER_SIZE = 32
+
+    def _snapshot(self, buf):
+        nb = buf.nbytes
+        if nb < self.POOL_MIN or self.xp is not np:
+            return buf.copy()
+        free = self.pool.get(nb)
+        raw = free.pop() if free else np.empty(nb, dtype=np.uint8)
+        snap = raw.view(buf.dtype).reshape(buf.shape)
+        np.copyto(snap, buf)
+        return snap
+
+    def recycle(self, payload):
+        """Give a received snapshot back to the pool (only for buffers nobody else holds)."""
+        raw = payload.base
+        if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1 and raw.nbytes >= self.POOL_MIN:
+            free = self.pool.setdefault(raw.nbytes, [])
+            if len(free) < self.POOL_MAX_PER_SIZE:
+                free.append(raw)
 
     def take(self, R, ctx, src, tag, idx, out, deadline, what):
         """Complete receive number ``idx`` on (ctx, src -> R, tag)."""
@@ -274,7 +299,7 @@ class Simulator:
             if item is not None and (deadline is None or item[0] <= deadline):
                 del box.msgs[idx]
                 self.advance(R, item[0])
-                return _deliver(item[1], out, R.rank, src, tag)
+                return self._deliver(item[1], out, R.rank, src, tag)
             S = self.ranks[src]
             if item is None and S.state == DEAD:
                 self.advance(R, S.died_at)
@@ -312,13 +337,25 @@ class Simulator:
                 box.nposted += 1
                 payload = box.msgs.pop(idx)[1]
                 self.advance(R, arrival)
-                return src, _deliver(payload, out, R.rank, src, tag)
+                return src, self._deliver(payload, out, R.rank, src, tag)
             if deadline is not None and self.now >= deadline:
                 self.advance(R, deadline)
                 raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
             if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q is not R):
                 raise DeadlockError(f"rank {R.rank} waits in {what} but every other rank has finished or died")
             self._block(R, what, deadline)
+
+    def _deliver(self, payload, out, rank, src, tag):
+        if out is None:
+            return payload
+        if out.shape != payload.shape or out.dtype != payload.dtype:
+            raise CommError(
+                f"rank {rank}: recv(src={src}, tag={tag}) got {payload.shape} {payload.dtype} but out= is "
+                f"{out.shape} {out.dtype}; pass an out= of the sender's shape and dtype"
+            )
+        out[...] = payload
+        self.recycle(payload)
+        return out
 
     # ------------------------------------------------------------------ agreement (no modelled cost)
     def agree(self, comm, sig, extra):
@@ -367,16 +404,6 @@ def _mismatch_message(comm, other, theirs, mine):
     )
 
 
-def _deliver(payload, out, rank, src, tag):
-    if out is None:
-        return payload
-    if out.shape != payload.shape or out.dtype != payload.dtype:
-        raise CommError(
-            f"rank {rank}: recv(src={src}, tag={tag}) got {payload.shape} {payload.dtype} but out= is "
-            f"{out.shape} {out.dtype}; pass an out= of the sender's shape and dtype"
-        )
-    out[...] = payload
-    return out
 
 
 def _with_rank(exc, rank, world_size):
@@ -427,6 +454,7 @@ class SimComm(Communicator):
     """A rank's view of the simulated world (or of a ``split`` sub-group of it)."""
 
     backend = "sim"
+    prefers_out = False
 
     def __init__(self, sim, rank, world_size, ctx, group):
         super().__init__(rank, world_size, sim.xp)
@@ -465,6 +493,10 @@ class SimComm(Communicator):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
         return _SendRequest(self.sim, self._R, end)
 
+    def _isend_given(self, buf, dst, tag):
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
+        return _SendRequest(self.sim, self._R, end)
+
     def _post_recv(self, src, tag):
         box = self.sim._box(self.ctx, self.group[src], self._R.rank, tag)
         idx = box.nposted
@@ -496,6 +528,9 @@ class SimComm(Communicator):
 
     def _agree(self, signature, extra=None):
         return self.sim.agree(self, signature, extra)
+
+    def _release(self, arr):
+        self.sim.recycle(arr)
 
     def barrier(self):
         from ..collectives.rooted import barrier_dissemination
