@@ -1,0 +1,5 @@
+"""Exercise checkers: each runs a learner's function on awkward cases against a
+reference and returns a :class:`CheckResult` (``.passed``, what failed, a hint)."""
+from . import solutions  # noqa: F401
+from .collectives import ring_all_reduce  # noqa: F401
+from .core import CheckResult, hint, solution  # noqa: F401

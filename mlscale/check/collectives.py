@@ -1,0 +1,124 @@
+"""Checkers for the collectives exercises (notebook 02)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..comm import CommError, DeadlockError, NetworkModel, launch
+from . import solutions
+from .core import CheckResult, register
+
+RING_HINT = """\
+Ring all-reduce in two phases, each p-1 steps; every rank sends right and receives left:
+  chunks = np.array_split(x.copy(), p)     # works when len(x) is not a multiple of p
+  1. reduce-scatter: at step s send chunk (r - s) % p, receive chunk (r - s - 1) % p
+     and ADD it to yours. After p-1 steps, chunk (r + 1) % p is the full sum.
+  2. all-gather: at step s send chunk (r + 1 - s) % p, receive chunk (r - s) % p and
+     COPY it in.
+Use comm.sendrecv(x, dst=right, src=left) so no rank waits for a neighbour that waits
+for it. Each rank then sends 2(p-1) chunks: 2(p-1)/p of the data, whatever p is.
+Still stuck? mlscale.check.solution("ring_all_reduce")"""
+
+
+def _inputs(rank, n, dtype):
+    rng = np.random.default_rng(7919 * rank + n)
+    if np.dtype(dtype).kind == "i":
+        return rng.integers(-1000, 1000, size=n).astype(dtype)
+    return rng.standard_normal(n).astype(dtype)
+
+
+def ring_all_reduce(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
+    """Check a learner's ``fn(comm, x) -> sum over ranks of x``, written on send/recv.
+
+    For each world size (1, 2, 3, 5, 8 by default) and awkward lengths (1, p-1, p,
+    2p+1, 1000) in float64 and int64, on simulated ranks: every rank's result must
+    equal the sum over ranks, and every rank must send between 2(p-1) floor(n/p) and
+    2(p-1) ceil(n/p) elements, 2(p-1)/p of the data as a ring does, in 2(p-1)
+    messages, without calling the library's own collectives.
+    """
+    res = CheckResult("ring_all_reduce")
+    net = NetworkModel(alpha=1e-6, beta=1e-9)
+    for p in world_sizes:
+        for n in sorted({1, max(p - 1, 1), p, 2 * p + 1, 1000}):
+            for dtype in (np.float64, np.int64):
+                res.cases += 1
+                case = f"p={p}, n={n}, {np.dtype(dtype).name}"
+                xs = [_inputs(r, n, dtype) for r in range(p)]
+                want = np.sum(np.stack(xs), axis=0)
+
+                def prog(comm):
+                    x = xs[comm.rank].copy()
+                    return fn(comm, x)
+
+                try:
+                    out = launch(prog, p, network=net)
+                except NotImplementedError:
+                    res.not_implemented = True
+                    return _done(res, verbose)
+                except DeadlockError as e:
+                    res.failures.append(f"{case}: deadlock - {str(e).splitlines()[1].strip()} ...")
+                    continue
+                except CommError as e:
+                    res.failures.append(f"{case}: {type(e).__name__}: {e}")
+                    continue
+                except Exception as e:  # noqa: BLE001 - a learner's bug, reported
+                    res.failures.append(f"{case}: your function raised {type(e).__name__}: {e}")
+                    continue
+                bad = _check_values(out, want, dtype)
+                if bad:
+                    res.failures.append(f"{case}: {bad}")
+                    continue
+                bad = _check_traffic(out.trace, p, n, np.dtype(dtype).itemsize)
+                if bad:
+                    res.failures.append(f"{case}: {bad}")
+    return _done(res, verbose)
+
+
+def _done(res, verbose):
+    if verbose:
+        print(res.summary())
+    return res
+
+
+def _check_values(out, want, dtype):
+    for r, y in enumerate(out):
+        if y is None:
+            return f"rank {r} returned None: return the summed array"
+        y = np.asarray(y)
+        if y.shape != want.shape:
+            return f"rank {r} returned shape {y.shape}, expected {want.shape}"
+        if np.dtype(dtype).kind == "i":
+            if not np.array_equal(y, want):
+                i = int(np.argmax(y != want))
+                return f"rank {r}: element {i} is {y[i]}, the sum over ranks is {want[i]}"
+        elif not np.allclose(y, want, rtol=1e-10, atol=1e-10):
+            i = int(np.argmax(~np.isclose(y, want, rtol=1e-10, atol=1e-10)))
+            return f"rank {r}: element {i} is {y[i]:.6g}, the sum over ranks is {want[i]:.6g}"
+    return None
+
+
+def _check_traffic(trace, p, n, itemsize):
+    if p == 1:
+        return None if len(trace) == 0 else "with one rank there is nothing to send"
+    lib = [m.label for m in trace.messages if m.label]
+    if lib:
+        return f"uses the library's collectives ({lib[0]}): build it from send/recv"
+    lo = 2 * (p - 1) * (n // p) * itemsize
+    hi = 2 * (p - 1) * (-(-n // p)) * itemsize
+    sent = trace.per_rank_bytes()
+    for r, b in enumerate(sent):
+        if not lo <= b <= hi:
+            return (
+                f"rank {r} sent {b} bytes; a ring sends 2(p-1)/p of the data = {lo}..{hi} bytes "
+                f"here (all ranks: {sent})"
+            )
+    if sum(sent) != 2 * (p - 1) * n * itemsize:
+        return f"ranks sent {sum(sent)} bytes in all; a ring sends 2(p-1) n = {2 * (p - 1) * n * itemsize}"
+    counts = [0] * p
+    for m in trace.messages:
+        counts[m.src] += 1
+    if any(c != 2 * (p - 1) for c in counts):
+        return f"messages per rank {counts}; a ring sends 2(p-1) = {2 * (p - 1)} from each rank"
+    return None
+
+
+register("ring_all_reduce", RING_HINT, solutions.ring_all_reduce)
