@@ -287,3 +287,44 @@ def test_launch_argument_errors():
         ms.launch(lambda c: None, 2, backend="mpi", network=NET)
     with pytest.raises(ValueError, match="alpha"):
         ms.NetworkModel(alpha=-1)
+
+
+def test_background_all_reduce_overlaps_compute():
+    n = 1 << 17  # 1 MiB of float64 per rank
+    net = ms.NetworkModel(alpha=1e-5, beta=1e-9)
+
+    def overlapped(comm):
+        x = np.full(n, float(comm.rank))
+        req = comm.start(lambda c, v: c.all_reduce(v, algorithm="ring"), x)
+        comm.compute(seconds=1e-3)  # e.g. the backward pass of the layers below
+        return req.wait(), comm.clock
+
+    def serial(comm):
+        x = np.full(n, float(comm.rank))
+        y = comm.all_reduce(x, algorithm="ring")
+        comm.compute(seconds=1e-3)
+        return y, comm.clock
+
+    from mlscale.collectives import cost
+
+    t_comm = cost.all_reduce("ring", 4, n * 8, 1e-5, 1e-9)
+    a = ms.launch(overlapped, 4, network=net)
+    b = ms.launch(serial, 4, network=net)
+    for (ya, ta), (yb, tb) in zip(a, b):
+        np.testing.assert_array_equal(ya, np.full(n, 6.0))
+        assert tb == pytest.approx(t_comm + 1e-3)
+        assert ta == pytest.approx(max(t_comm, 1e-3))
+
+
+def test_stream_tasks_run_in_order_and_errors_surface():
+    def prog(comm):
+        reqs = [comm.start(lambda c, i: c.all_reduce(np.array([i + comm.rank])), i) for i in range(3)]
+        return [int(r.wait()[0]) for r in reqs]
+
+    assert ms.launch(prog, 3)[0] == [3, 6, 9]
+
+    def bad(comm):
+        comm.start(lambda c: c.all_reduce(np.ones(2 + c.rank))).wait()
+
+    with pytest.raises(CommError, match="shape"):
+        ms.launch(bad, 2)

@@ -38,20 +38,21 @@ class _Killed(BaseException):
 
 class _RankState:
     __slots__ = (
-        "rank", "glet", "clock", "state", "waiting", "token", "result", "exc",
-        "egress", "ingress", "death", "died_at", "speed", "started",
+        "rank", "eid", "name", "glet", "clock", "state", "waiting", "token", "result", "exc",
+        "death", "died_at", "speed", "started", "waiters",
     )
 
-    def __init__(self, rank, speed, death):
-        self.rank = rank
+    def __init__(self, rank, speed, death, eid=None, name=None):
+        self.rank = rank  # the rank whose ports and identity this entity uses
+        self.eid = rank if eid is None else eid  # its index in Simulator.entities
+        self.name = name or f"rank {rank}"
+        self.waiters = []  # entities waiting for this one to finish (background tasks)
         self.clock = 0.0
         self.state = READY
         self.waiting = ""
         self.token = 0
         self.result = None
         self.exc = None
-        self.egress = 0.0  # time this rank's outgoing port is free
-        self.ingress = 0.0  # time its incoming port is free
         self.death = death
         self.died_at = None
         self.speed = speed
@@ -82,6 +83,10 @@ class Simulator:
         self.ranks = [
             _RankState(r, self.net.speed(r), self.net.failures.get(r)) for r in range(world_size)
         ]
+        self.entities = list(self.ranks)  # ranks, then background tasks (comm streams)
+        self.members = [[R] for R in self.ranks]  # entities of each rank
+        self.egress = [0.0] * world_size  # time each rank's outgoing port is free
+        self.ingress = [0.0] * world_size  # time its incoming port is free
         self.boxes = {}
         self.by_dst = {}  # (ctx, dst, tag) -> {src: box}, for recv_any
         self.boards = {}  # (ctx, seq) -> {local rank: (sig, extra)}
@@ -99,19 +104,20 @@ class Simulator:
         for R in self.ranks:
             comm = SimComm(self, R.rank, self.world_size, ctx=(), group=world)
             R.glet = greenlet.greenlet(self._body(R, comm, fn, args), parent=self.hub)
-            heapq.heappush(self.heap, (0.0, _RESUME, R.rank, R.token))
+            heapq.heappush(self.heap, (0.0, _RESUME, R.eid, R.token))
             if R.death is not None:
                 heapq.heappush(self.heap, (float(R.death), _DIE, R.rank, 0))
         heap = self.heap
         while heap:
             t, kind, r, tok = heapq.heappop(heap)
-            R = self.ranks[r]
+            R = self.entities[r]
             if kind == _DIE:
                 if R.state in (READY, BLOCKED):
                     self.now = t
                     self._die(R, t)
-                    if R.started:
-                        R.glet.throw(_Killed())
+                    for E in self.members[R.rank]:
+                        if E.started and not E.glet.dead:
+                            E.glet.throw(_Killed())
                 continue
             if tok != R.token or R.state not in (READY, BLOCKED):
                 continue
@@ -124,11 +130,12 @@ class Simulator:
             if R.exc is not None:
                 self._abort()
                 raise _with_rank(R.exc, R.rank, self.world_size)
-        blocked = [R for R in self.ranks if R.state == BLOCKED]
+        blocked = [R for R in self.entities if R.state == BLOCKED]
         if blocked:
             err = DeadlockError(self._deadlock_message(blocked))
             self._abort()
             raise err
+        self._abort()  # tasks of ranks that died
         return [R.result for R in self.ranks]
 
     def _body(self, R, comm, fn, args):
@@ -146,20 +153,22 @@ class Simulator:
         return body
 
     def _abort(self):
-        for R in self.ranks:
+        for R in self.entities:
             if R.glet is not None and R.started and not R.glet.dead:
                 R.state = DEAD if R.state == DEAD else DONE
                 R.glet.throw(_Killed())
 
     def _deadlock_message(self, blocked):
         lines = [f"deadlock at t={self.now:.6g} s: every live rank waits and no message can arrive"]
-        for R in self.ranks:
+        for R in self.entities:
             if R.state == BLOCKED:
-                lines.append(f"  rank {R.rank} (t={R.clock:.6g} s) waits in {R.waiting}")
+                lines.append(f"  {R.name} (t={R.clock:.6g} s) waits in {R.waiting}")
+            elif R.eid >= self.world_size:
+                continue
             elif R.state == DEAD:
-                lines.append(f"  rank {R.rank} died at t={R.died_at:.6g} s")
+                lines.append(f"  {R.name} died at t={R.died_at:.6g} s")
             else:
-                lines.append(f"  rank {R.rank} finished at t={R.clock:.6g} s")
+                lines.append(f"  {R.name} finished at t={R.clock:.6g} s")
         for (s, d), n in sorted(self.ndropped.items()):
             lines.append(f"  the network model dropped {n} message(s) on link {s}->{d}")
         lines.append(
@@ -179,12 +188,12 @@ class Simulator:
         """Let ranks that are behind in virtual time run first."""
         R.token += 1
         R.state = READY
-        heapq.heappush(self.heap, (R.clock, _RESUME, R.rank, R.token))
+        heapq.heappush(self.heap, (R.clock, _RESUME, R.eid, R.token))
         self._switch_out(R)
 
     def _sync(self, R):
         h = self.heap
-        if h and (h[0][0], h[0][1], h[0][2]) < (R.clock, _RESUME, R.rank):
+        if h and (h[0][0], h[0][1], h[0][2]) < (R.clock, _RESUME, R.eid):
             self._yield(R)
 
     def _block(self, R, what, deadline=None):
@@ -192,7 +201,7 @@ class Simulator:
         R.state = BLOCKED
         R.waiting = what
         if deadline is not None:
-            heapq.heappush(self.heap, (deadline, _RESUME, R.rank, R.token))
+            heapq.heappush(self.heap, (deadline, _RESUME, R.eid, R.token))
         self._switch_out(R)
         R.waiting = ""
 
@@ -200,10 +209,10 @@ class Simulator:
         if R.state == BLOCKED:
             R.token += 1
             R.state = READY
-            heapq.heappush(self.heap, (max(key, R.clock), _RESUME, R.rank, R.token))
+            heapq.heappush(self.heap, (max(key, R.clock), _RESUME, R.eid, R.token))
 
     def _wake_all_blocked(self, t):
-        for Q in self.ranks:
+        for Q in self.entities:
             self._wake(Q, t)
 
     def advance(self, R, t):
@@ -216,6 +225,11 @@ class Simulator:
             R.clock = t
 
     def _die(self, R, t):
+        for E in self.members[R.rank]:  # a rank dies with its background tasks
+            if E.state != DONE:
+                E.state = DEAD
+                E.died_at = t
+        R = self.ranks[R.rank]
         R.state = DEAD
         R.died_at = t
         R.clock = t
@@ -228,6 +242,52 @@ class Simulator:
         self.advance(R, start + seconds / R.speed)
         if self.record and seconds > 0:
             self.trace.spans.append(Span(R.rank, start, R.clock, label))
+
+    # ------------------------------------------------------------------ background tasks
+    def spawn(self, owner, stream, fn, args):
+        """Run ``fn(stream, *args)`` as a new entity of ``owner``'s rank, starting at the
+        owner's clock, after the stream's previous task (a stream runs tasks in order,
+        like a CUDA stream: NCCL's overlap of communication with compute)."""
+        eid = len(self.entities)
+        T = _RankState(owner.rank, owner.speed, None, eid=eid, name=f"rank {owner.rank} comm stream task {eid}")
+        T.clock = owner.clock
+        prev = stream._last_task
+        stream._last_task = T
+
+        def body():
+            try:
+                while prev is not None and prev.state not in (DONE, DEAD):
+                    prev.waiters.append(T)
+                    self._block(T, f"its stream's previous task ({prev.name})")
+                if prev is not None:
+                    self.advance(T, prev.clock)
+                stream._R = T
+                T.result = fn(stream, *args)
+                T.state = DONE
+            except _Killed:
+                if T.state != DEAD:
+                    T.state = DONE
+            except BaseException as e:  # noqa: BLE001 - ends the run, like a rank's error
+                T.exc = e
+                T.state = DONE
+            for W in T.waiters:
+                self._wake(W, T.clock)
+
+        T.glet = greenlet.greenlet(body, parent=self.hub)
+        self.entities.append(T)
+        self.members[owner.rank].append(T)
+        heapq.heappush(self.heap, (T.clock, _RESUME, eid, T.token))
+        return T
+
+    def join(self, R, T):
+        """Entity R waits for background task T to finish; its clock moves to T's end."""
+        while T.state not in (DONE, DEAD):
+            T.waiters.append(R)
+            self._block(R, f"wait() for {T.name}")
+        if T.state == DEAD:
+            raise RankFailure(f"{T.name} died at t={T.died_at:.6g} s", failed_rank=T.rank)
+        self.advance(R, T.clock)
+        return T.result
 
     # ------------------------------------------------------------------ messages
     def _box(self, ctx, src, dst, tag):
@@ -248,11 +308,11 @@ class Simulator:
                 failed_rank=dst,
             )
         nbytes = buf.nbytes
-        start = max(R.clock, R.egress, D.ingress)
+        start = max(R.clock, self.egress[R.rank], self.ingress[dst])
         end = start + self.net.message_time(R.rank, dst, nbytes)
         if R.death is not None and end > R.death:  # dies mid-transfer: the message is lost
             self.advance(R, float(R.death))
-        R.egress = D.ingress = end
+        self.egress[R.rank] = self.ingress[dst] = end
         drop_at = self.net.drops.get((R.rank, dst)) if self.net.drops else None
         dropped = drop_at is not None and start >= drop_at
         if self.record:
@@ -263,8 +323,9 @@ class Simulator:
         box = self._box(ctx, R.rank, dst, tag)
         box.msgs[box.nsent] = (end, buf if given else self._snapshot(buf))
         box.nsent += 1
-        if D.state == BLOCKED:
-            self._wake(D, end)
+        for E in self.members[dst]:
+            if E.state == BLOCKED:
+                self._wake(E, end)
         return end
 
     # A message is a snapshot of the sender's buffer (so the sender may reuse it at
@@ -326,10 +387,10 @@ class Simulator:
             if best is not None and (deadline is None or best[0] <= deadline):
                 h = self.heap
                 key = max(best[0], R.clock)
-                if h and (h[0][0], h[0][1], h[0][2]) < (key, _RESUME, R.rank):
+                if h and (h[0][0], h[0][1], h[0][2]) < (key, _RESUME, R.eid):
                     R.token += 1  # others may still send something that arrives earlier
                     R.state = READY
-                    heapq.heappush(h, (key, _RESUME, R.rank, R.token))
+                    heapq.heappush(h, (key, _RESUME, R.eid, R.token))
                     self._switch_out(R)
                     continue
                 arrival, src, box = best
@@ -341,7 +402,7 @@ class Simulator:
             if deadline is not None and self.now >= deadline:
                 self.advance(R, deadline)
                 raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
-            if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q is not R):
+            if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q.rank != R.rank):
                 raise DeadlockError(f"rank {R.rank} waits in {what} but every other rank has finished or died")
             self._block(R, what, deadline)
 
@@ -359,7 +420,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ agreement (no modelled cost)
     def agree(self, comm, sig, extra):
-        R = self.ranks[comm.group[comm.rank]]
+        R = comm._R
         key = (comm.ctx, comm._coll_seq)
         board = self.boards.setdefault(key, {})
         for r, (s, _) in board.items():
@@ -371,7 +432,8 @@ class Simulator:
             self.agreed[key] = [[board[r][1] for r in range(comm.world_size)], comm.world_size]
             del self.boards[key]
             for g in comm.group:
-                self._wake(self.ranks[g], self.ranks[g].clock)
+                for E in self.members[g]:
+                    self._wake(E, E.clock)
         while key not in self.agreed:
             board = self.boards[key]
             dead = [comm.group.index(g) for g in comm.group if self.ranks[g].state == DEAD]
@@ -450,6 +512,19 @@ class _RecvRequest(Request):
         return self.done or (item is not None and item[0] <= c._R.clock)
 
 
+class _TaskRequest(Request):
+    __slots__ = ("sim", "R", "T")
+
+    def __init__(self, sim, R, T):
+        self.sim, self.R, self.T = sim, R, T
+
+    def wait(self):
+        return self.sim.join(self.R, self.T)
+
+    def test(self):
+        return self.T.state == DONE and self.T.clock <= self.R.clock
+
+
 class SimComm(Communicator):
     """A rank's view of the simulated world (or of a ``split`` sub-group of it)."""
 
@@ -462,6 +537,8 @@ class SimComm(Communicator):
         self.ctx = ctx
         self.group = group  # local rank -> global rank
         self._R = sim.ranks[group[rank]]
+        self._stream = None
+        self._last_task = None
 
     @property
     def clock(self):
@@ -492,6 +569,18 @@ class SimComm(Communicator):
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
         return _SendRequest(self.sim, self._R, end)
+
+    def start(self, fn, *args):
+        """Run ``fn(stream_comm, *args)`` in the background on this rank's communication
+        stream and return a Request; ``wait()`` returns fn's result. Tasks on a stream
+        run one after another, from the virtual time they were started, while this rank
+        goes on computing: that is how DDP overlaps the all-reduce of one bucket of
+        gradients with the backward pass of the layers below it. Every rank must start
+        the same collectives in the same order."""
+        if self._stream is None:
+            self._stream = SimComm(self.sim, self.rank, self.world_size, self.ctx + ("stream",), self.group)
+        T = self.sim.spawn(self._R, self._stream, fn, args)
+        return _TaskRequest(self.sim, self._R, T)
 
     def _isend_given(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
