@@ -1,0 +1,48 @@
+"""Which array library an array belongs to (NumPy or CuPy), without importing CuPy.
+
+The CuPy idiom ``xp = cupy.get_array_module(x)`` needs cupy importable; mlscale must
+import on machines without it, so we look at the array's type instead, and import cupy
+only when we were handed a cupy array (which means it is installed and wanted).
+"""
+import numpy as np
+
+
+def is_cupy(x):
+    """True when ``x`` is a cupy array (checked by type name, cupy is not imported)."""
+    return type(x).__module__.startswith("cupy")
+
+
+def array_module(*arrays):
+    """numpy or cupy, whichever the arrays belong to (numpy for Python lists and scalars).
+
+    Mixed numpy and cupy arrays raise a clear error instead of a slow implicit copy.
+    """
+    kinds = {is_cupy(a) for a in arrays if a is not None and hasattr(a, "dtype")}
+    if len(kinds) > 1:
+        raise TypeError("mixed numpy and cupy arrays in one call: move them to one device first "
+                        "(model.to('cupy') or cupy.asarray(x); model.to('numpy') or x.get())")
+    if kinds == {True}:
+        import cupy  # only reached when a cupy array was passed in
+
+        return cupy
+    return np
+
+
+def resolve_xp(xp):
+    """The array module named by ``xp``: None or "numpy" -> numpy, "cupy" -> cupy, or a module."""
+    if xp is None or xp is np or xp == "numpy":
+        return np
+    if xp == "cupy" or getattr(xp, "__name__", "") == "cupy":
+        try:
+            import cupy
+        except ImportError as e:
+            raise ImportError("xp='cupy' needs CuPy: pip install cupy-cuda12x (and a CUDA GPU)") from e
+        return cupy
+    raise ValueError(f"xp must be 'numpy', 'cupy' or one of those modules, got {xp!r}")
+
+
+def to_xp(x, xp):
+    """``x`` as an array of module ``xp`` (copies between host and device when needed)."""
+    if xp is np:
+        return x.get() if is_cupy(x) else np.asarray(x)
+    return xp.asarray(x)
