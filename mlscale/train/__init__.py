@@ -1,0 +1,18 @@
+"""Distributed training: one loop, pluggable synchronizers.
+
+They are points on one spectrum: how often ranks talk, with whom, and what they send.
+
+=====================  ===================  =================  ===================
+synchronizer           how often            with whom          what
+=====================  ===================  =================  ===================
+DataParallel           every step           everyone (ring)    gradients
+ParameterServer        every step           the servers        gradients / params
+LocalSGD(H)            every H steps        everyone           parameters
+=====================  ===================  =================  ===================
+"""
+from .common import History, broadcast_params, check_same_model, model_checksum  # noqa: F401
+from .data_parallel import DataParallel  # noqa: F401
+from .inference import accuracy, predict  # noqa: F401
+from .local_sgd import LocalSGD  # noqa: F401
+from .loop import train  # noqa: F401
+from .param_server import ParameterServer  # noqa: F401
