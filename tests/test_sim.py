@@ -328,3 +328,30 @@ def test_stream_tasks_run_in_order_and_errors_surface():
 
     with pytest.raises(CommError, match="shape"):
         ms.launch(bad, 2)
+
+
+def test_device_gpu_without_cupy_or_gpu_says_how_to_fix():
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("cupy is installed here; the error path is for machines without it")
+    except ImportError:
+        pass
+    with pytest.raises(ms.BackendUnavailable, match="device='gpu' needs CuPy"):
+        ms.launch(lambda c: None, 2, device="gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["ring", "rabenseifner", "tree"])
+def test_n_logical_gpus_on_one_device(algorithm):
+    import cupy
+
+    def prog(comm):
+        x = cupy.arange(1001, dtype=cupy.float32) * (comm.rank + 1)
+        y = comm.all_reduce(x, algorithm=algorithm)
+        assert isinstance(y, cupy.ndarray) and comm.xp is cupy
+        return cupy.asnumpy(y)
+
+    for y in ms.launch(prog, 3, device="gpu"):
+        np.testing.assert_allclose(y, np.arange(1001, dtype=np.float32) * 6, rtol=1e-6)
