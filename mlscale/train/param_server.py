@@ -78,8 +78,9 @@ class ParameterServer:
         for r in reqs:
             r.wait()
         stop = False
-        for j in range(self.num_servers):
-            flag, version = comm.recv(j, tag=REPLY).tolist()
+        replies = [comm.irecv(j, tag=REPLY) for j in range(self.num_servers)]  # any order
+        for j, req in enumerate(replies):
+            flag, version = req.wait().tolist()
             if flag:
                 comm.recv(j, tag=PARAMS, out=model.params[cut[j]:cut[j + 1]])
                 self.versions[j] = version
@@ -100,6 +101,7 @@ class ParameterServer:
             self._serve_sync(comm, params, opt, steps, workers, hist)
         else:
             self._serve_async(comm, params, opt, steps * len(workers), workers, hist)
+        self._flush()
         hist.clocks.append(comm.clock)
         return hist
 
@@ -109,9 +111,17 @@ class ParameterServer:
         hist.updates += 1
 
     def _reply(self, comm, w, params, version, go=True):
-        comm.send(np.array([int(go), version], dtype=np.int64), w, tag=REPLY)
+        # non-blocking: a server must never wait on one worker while others queue
+        # (with several servers and MPI's rendezvous sends that would deadlock)
+        self._outbox = [r for r in getattr(self, "_outbox", []) if not r.test()]
+        self._outbox.append(comm.isend(np.array([int(go), version], dtype=np.int64), w, tag=REPLY))
         if go:
-            comm.send(params, w, tag=PARAMS)
+            self._outbox.append(comm.isend(params.copy(), w, tag=PARAMS))  # params change next update
+
+    def _flush(self):
+        for r in getattr(self, "_outbox", []):
+            r.wait()
+        self._outbox = []
 
     def _serve_sync(self, comm, params, opt, steps, workers, hist):
         for _ in range(steps):
