@@ -355,3 +355,41 @@ def test_n_logical_gpus_on_one_device(algorithm):
 
     for y in ms.launch(prog, 3, device="gpu"):
         np.testing.assert_allclose(y, np.arange(1001, dtype=np.float32) * 6, rtol=1e-6)
+
+
+def exchange_blocking(comm, n):
+    """Both ranks send first, then receive: fine for small messages, a deadlock for
+    large ones under MPI (and under the sim's eager limit)."""
+    other = 1 - comm.rank
+    comm.send(np.zeros(n, np.uint8), other)
+    return comm.recv(other).size
+
+
+def test_send_send_deadlocks_above_the_eager_limit_like_mpi():
+    assert ms.launch(exchange_blocking, 2, args=(1000,)) == [1000, 1000]
+    with pytest.raises(DeadlockError, match="above the eager limit") as e:
+        ms.launch(exchange_blocking, 2, args=(1 << 20,))
+    assert "rank 0" in str(e.value) and "rank 1" in str(e.value)
+    eager = ms.NetworkModel(eager_limit=None)
+    assert ms.launch(exchange_blocking, 2, args=(1 << 20,), network=eager) == [1 << 20] * 2
+
+
+def test_rendezvous_transfer_starts_when_the_receive_is_posted():
+    net = ms.NetworkModel(alpha=1e-6, beta=1e-9, eager_limit=1024)
+
+    def prog(comm, n):
+        if comm.rank == 0:
+            comm.send(np.zeros(n, np.uint8), 1)
+            return comm.clock
+        comm.compute(seconds=1e-3)  # the receiver is late
+        comm.recv(0)
+        return comm.clock
+
+    small = ms.launch(prog, 2, args=(1000,), network=net)
+    big = ms.launch(prog, 2, args=(4096,), network=net)
+    assert small[0] == pytest.approx(1e-6 + 1000e-9)  # eager: the sender does not wait
+    assert big[0] == pytest.approx(1e-3 + 1e-6 + 4096e-9)  # rendezvous: it waits for the recv
+    assert big[1] == pytest.approx(big[0])
+    # sendrecv and isend/irecv never deadlock, whatever the size
+    ring = lambda c: c.sendrecv(np.zeros(1 << 20, np.uint8), 1 - c.rank, 1 - c.rank).size  # noqa: E731
+    assert ms.launch(ring, 2, network=net) == [1 << 20] * 2

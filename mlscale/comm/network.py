@@ -26,6 +26,11 @@ class NetworkModel:
     flops    modelled FLOP/s of a speed-1 rank, for ``comm.compute(flops=...)``
     failures ``{rank: time}``: the rank dies at that virtual time
     drops    ``{(src, dst): time}``: the link loses every message sent from that time on
+    eager_limit  messages up to this many bytes are sent eagerly (the send returns once
+             the data is on the wire, received or not); larger ones use rendezvous: the
+             send waits until the receiver has posted the matching recv, as MPI does
+             for large messages. So ``send`` then ``recv`` on both sides of a pair
+             deadlocks above the limit, as it would under mpiexec. None: all eager.
     """
 
     alpha: float = 1e-5
@@ -36,6 +41,7 @@ class NetworkModel:
     flops: float = 1e10
     failures: Mapping = field(default_factory=dict)
     drops: Mapping = field(default_factory=dict)
+    eager_limit: int | None = 65536
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma"):

@@ -63,12 +63,26 @@ class _RankState:
 class _Box:
     """FIFO of messages on one (context, src, dst, tag): message k matches receive k."""
 
-    __slots__ = ("msgs", "nsent", "nposted")
+    __slots__ = ("msgs", "nsent", "nposted", "waiting", "posted_at")
 
     def __init__(self):
-        self.msgs = {}
+        self.msgs = {}  # k -> (arrival time, payload)
         self.nsent = 0
         self.nposted = 0
+        self.waiting = {}  # k -> _Rendezvous: sent above the eager limit, no receive posted yet
+        self.posted_at = {}  # k -> time receive k was posted, while its message has not come
+
+
+class _Rendezvous:
+    """A send above the eager limit: the data moves only once the receiver has posted
+    the matching receive (MPI's rendezvous protocol), and the send completes after."""
+
+    __slots__ = ("R", "ctx", "dst", "tag", "payload", "label", "sent_at", "end")
+
+    def __init__(self, R, ctx, dst, tag, payload, label):
+        self.R, self.ctx, self.dst, self.tag, self.payload, self.label = R, ctx, dst, tag, payload, label
+        self.sent_at = R.clock
+        self.end = None
 
 
 class Simulator:
@@ -308,7 +322,17 @@ class Simulator:
                 failed_rank=dst,
             )
         nbytes = buf.nbytes
-        start = max(R.clock, self.egress[R.rank], self.ingress[dst])
+        limit = self.net.eager_limit
+        if limit is not None and nbytes > limit:
+            return self._post_rendezvous(R, ctx, dst, tag, buf, label, given)
+        return self._transfer(R, R.clock, ctx, dst, tag, buf if given else self._snapshot(buf), label)
+
+    def _transfer(self, R, ready, ctx, dst, tag, payload, label, idx=None):
+        """Move payload from R's rank to dst, starting no earlier than ``ready``, in the
+        order of the ports; deliver it to the box as message ``idx`` (the next one if
+        None). Returns the arrival time."""
+        nbytes = payload.nbytes
+        start = max(ready, self.egress[R.rank], self.ingress[dst])
         end = start + self.net.message_time(R.rank, dst, nbytes)
         if R.death is not None and end > R.death:  # dies mid-transfer: the message is lost
             self.advance(R, float(R.death))
@@ -321,12 +345,57 @@ class Simulator:
             self.ndropped[(R.rank, dst)] = self.ndropped.get((R.rank, dst), 0) + 1
             return end
         box = self._box(ctx, R.rank, dst, tag)
-        box.msgs[box.nsent] = (end, buf if given else self._snapshot(buf))
-        box.nsent += 1
+        if idx is None:
+            idx = box.nsent
+            box.nsent += 1
+        box.msgs[idx] = (end, payload)
+        box.posted_at.pop(idx, None)
         for E in self.members[dst]:
             if E.state == BLOCKED:
                 self._wake(E, end)
         return end
+
+    def _post_rendezvous(self, R, ctx, dst, tag, buf, label, given):
+        box = self._box(ctx, R.rank, dst, tag)
+        rdv = _Rendezvous(R, ctx, dst, tag, buf if given else self._snapshot(buf), label)
+        idx = box.nsent
+        box.nsent += 1
+        if idx in box.posted_at:  # the receive is already there
+            self._match(box, idx, rdv, box.posted_at[idx])
+        else:
+            box.waiting[idx] = rdv
+        return rdv
+
+    def _match(self, box, idx, rdv, posted):
+        """Receive ``idx`` meets its rendezvous send: the transfer can start."""
+        box.waiting.pop(idx, None)
+        ready = max(rdv.sent_at, posted)
+        rdv.end = self._transfer(rdv.R, ready, rdv.ctx, rdv.dst, rdv.tag, rdv.payload, rdv.label, idx=idx)
+        self._wake(rdv.R, rdv.end)
+
+    def post_recv(self, R, ctx, src, tag):
+        """Post receive number k on (ctx, src -> R, tag); returns k."""
+        box = self._box(ctx, src, R.rank, tag)
+        idx = box.nposted
+        box.nposted += 1
+        rdv = box.waiting.get(idx)
+        if rdv is not None:
+            self._match(box, idx, rdv, R.clock)
+        elif idx not in box.msgs:
+            box.posted_at[idx] = R.clock
+        return idx
+
+    def complete_send(self, R, handle, what):
+        """A blocking send or isend().wait(): R's clock moves to the end of the transfer."""
+        if isinstance(handle, _Rendezvous):
+            while handle.end is None:
+                if self.ranks[handle.dst].state == DEAD:
+                    raise RankFailure(f"rank {R.rank}: {what}: rank {handle.dst} died", failed_rank=handle.dst)
+                self._block(R, f"{what}: {handle.payload.nbytes} B is above the eager limit "
+                               f"({self.net.eager_limit} B), so it waits for rank {handle.dst} to post "
+                               "a matching recv (rendezvous)")
+            handle = handle.end
+        self.advance(R, handle)
 
     # A message is a snapshot of the sender's buffer (so the sender may reuse it at
     # once). Large snapshots come from a pool of recycled buffers: fresh memory costs a
@@ -370,8 +439,9 @@ class Simulator:
                 )
             if deadline is not None and (self.now >= deadline or (item is not None)):
                 self.advance(R, deadline)
-                if box.nposted == idx + 1:
+                if box.nposted == idx + 1 and item is None:
                     box.nposted = idx  # cancel the receive, as MPI_Cancel would
+                    box.posted_at.pop(idx, None)
                 raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
             self._block(R, what, deadline)
 
@@ -382,7 +452,11 @@ class Simulator:
             best = None
             for src, box in self.by_dst.get((ctx, R.rank, tag), {}).items():
                 item = box.msgs.get(box.nposted)
-                if item is not None and (best is None or (item[0], src) < best[:2]):
+                if item is None and box.nposted in box.waiting:  # a rendezvous send: match it now
+                    t = max(box.waiting[box.nposted].sent_at, R.clock)
+                    if best is None or (t, src) < best[:2]:
+                        best = (t, src, box)
+                elif item is not None and (best is None or (item[0], src) < best[:2]):
                     best = (item[0], src, box)
             if best is not None and (deadline is None or best[0] <= deadline):
                 h = self.heap
@@ -394,9 +468,8 @@ class Simulator:
                     self._switch_out(R)
                     continue
                 arrival, src, box = best
-                idx = box.nposted
-                box.nposted += 1
-                payload = box.msgs.pop(idx)[1]
+                idx = self.post_recv(R, ctx, src, tag)
+                arrival, payload = box.msgs.pop(idx)
                 self.advance(R, arrival)
                 return src, self._deliver(payload, out, R.rank, src, tag)
             if deadline is not None and self.now >= deadline:
@@ -483,10 +556,11 @@ class _SendRequest(Request):
         self.sim, self.R, self.end = sim, R, end
 
     def wait(self):
-        self.sim.advance(self.R, self.end)
+        self.sim.complete_send(self.R, self.end, "isend().wait()")
 
     def test(self):
-        return self.R.clock >= self.end
+        end = self.end.end if isinstance(self.end, _Rendezvous) else self.end
+        return end is not None and self.R.clock >= end
 
 
 class _RecvRequest(Request):
@@ -564,7 +638,7 @@ class SimComm(Communicator):
 
     def _send(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
-        self.sim.advance(self._R, end)
+        self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})")
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
@@ -587,10 +661,7 @@ class SimComm(Communicator):
         return _SendRequest(self.sim, self._R, end)
 
     def _post_recv(self, src, tag):
-        box = self.sim._box(self.ctx, self.group[src], self._R.rank, tag)
-        idx = box.nposted
-        box.nposted += 1
-        return idx
+        return self.sim.post_recv(self._R, self.ctx, self.group[src], tag)
 
     def _recv(self, src, tag, out, timeout=None):
         idx = self._post_recv(src, tag)

@@ -1,0 +1,317 @@
+"""Run ``fn(comm, *args)`` on N MPI processes from any Python process (a notebook too).
+
+The stateless path, chosen over ipyparallel's MPI engines because it needs no
+controller, starts in well under a second, and leaves nothing behind:
+
+1. ``cloudpickle`` writes ``(fn, args)`` to a fresh temporary directory (functions
+   defined in a notebook or ``__main__`` travel by value), with this process's
+   ``sys.path`` so functions of importable modules (a test file) resolve on the ranks;
+2. ``mpiexec -n N python -m mlscale.comm._mpi_worker DIR`` starts the ranks in a new
+   session; each builds its communicator, runs ``fn``, and writes its result, or its
+   exception and traceback, to ``DIR/rank<r>.pkl``. A rank that raises calls
+   ``MPI_Abort`` after writing, so the others never wait forever for it;
+3. meanwhile this process copies the ranks' output (prefixed ``[r]``) to its own
+   stdout, so it shows in the notebook cell, and enforces ``timeout``; on timeout,
+   ``KeyboardInterrupt`` or any error it stops mpiexec and every process it started;
+4. the results come back in rank order; a rank's exception is re-raised here, with
+   the rank and its traceback added as a note (``exc.rank`` holds the rank).
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import pickle
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .errors import BackendUnavailable, CommError, RankFailure, TimeoutError
+
+_ENV_DROP = ("PMI_", "PMIX_", "HYDRA_", "MPIR_CVAR_CH4_", "OMPI_", "MPI_LOCAL")
+
+
+def find_mpiexec(explicit=None):
+    """mpiexec next to this Python (a venv with the ``mpich`` wheel), else on PATH."""
+    if explicit:
+        return explicit
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(here) and os.access(here, os.X_OK):
+        return here
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if found:
+        return found
+    raise BackendUnavailable(
+        "backend='mpi' needs mpiexec (MPICH or Open MPI) and mpi4py, and neither was found "
+        f"next to {sys.executable} nor on PATH. Install both with: pip install \"mlscale[mpi]\" "
+        "(or use backend='sim', which needs nothing)"
+    )
+
+
+def _child_env(world_size, engine):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP)}
+    env["MLSCALE_MPI_WORKER"] = engine
+    env["MLSCALE_LAUNCHER_PID"] = str(os.getpid())
+    # N ranks share the cores: one BLAS/OpenMP thread each unless told otherwise
+    threads = str(max(1, (os.cpu_count() or 1) // world_size))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
+def _descendants(pid):
+    """Every live process below ``pid`` (Linux /proc; empty elsewhere)."""
+    children = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _read_pids(d):
+    pids = []
+    for name in os.listdir(d):
+        if name.startswith("pid"):
+            try:
+                with open(os.path.join(d, name)) as f:
+                    pids.append(int(f.read().strip()))
+            except (OSError, ValueError):
+                pass
+    return pids
+
+
+def _kill_all(proc, d):
+    """Stop mpiexec and every process it started, whatever state they are in.
+    MPICH's hydra starts each rank in a session of its own, so killing mpiexec's
+    process group is not enough: the ranks wrote their pids, and /proc lists the rest."""
+    victims = set(_descendants(proc.pid)) | set(_read_pids(d))
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # hydra forwards it to the ranks
+        except OSError:
+            pass
+        try:
+            proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in victims | set(_descendants(proc.pid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        proc.wait(5.0)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
+
+
+def _load(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def _rank_error(rank, world_size, info, engine):
+    """The exception rank ``rank`` raised, ready to re-raise here."""
+    _, blob, tname, msg, tb, _t = info
+    exc = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RankFailure(f"rank {rank} of {world_size} raised {tname}: {msg}", failed_rank=rank)
+    note = f"(raised on rank {rank} of {world_size}, {engine} engine; its traceback there:)\n{tb.rstrip()}"
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10: no notes; say it in a CommError chained to the original
+        wrapped = CommError(f"rank {rank} of {world_size} raised {tname}: {msg}\n{note}")
+        wrapped.__cause__ = exc
+        exc = wrapped
+    try:
+        exc.rank = rank
+    except Exception:  # pragma: no cover - exceptions with __slots__
+        pass
+    return exc
+
+
+def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=True, echo=True,
+                     mpiexec=None, extra_args=()):
+    """Run ``fn(comm, *args)`` on ``world_size`` processes under mpiexec; return the
+    list of results by rank. ``engine``: "mpi" (MPIComm) or "nccl" (NCCLComm, rank r
+    on GPU r). ``echo``: copy the ranks' output to this process's stdout (always kept
+    for error messages). ``timeout``: wall-clock seconds for the whole run."""
+    import cloudpickle
+
+    world_size = int(world_size)
+    exe = find_mpiexec(mpiexec)
+    d = tempfile.mkdtemp(prefix="mlscale-mpi-")
+    proc = None
+    tail = []
+    try:
+        meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size}
+        with open(os.path.join(d, "meta.pkl"), "wb") as f:
+            pickle.dump(meta, f)
+        try:
+            task = cloudpickle.dumps((fn, tuple(args)))
+        except Exception as e:
+            raise CommError(
+                f"launch(backend={engine!r}) must send fn and args to the ranks with cloudpickle, "
+                f"and could not ({type(e).__name__}: {e}); pass plain data (arrays, numbers, "
+                "lists) as args and make the ranks build anything else"
+            ) from e
+        with open(os.path.join(d, "task.pkl"), "wb") as f:
+            f.write(task)
+
+        cmd = [exe, "-n", str(world_size), *extra_args, "-prepend-rank",
+               sys.executable, "-m", "mlscale.comm._mpi_worker", d]
+        if "mpich" not in _flavour(exe):
+            cmd.remove("-prepend-rank")  # Open MPI spells it --tag-output
+            cmd[3:3] = ["--tag-output", "--oversubscribe"]
+        start = time.perf_counter()
+        deadline = None if timeout is None else start + float(timeout)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=_child_env(world_size, engine), start_new_session=True,
+        )
+        _pump(proc, deadline, echo, tail)
+        if proc.returncode is None:  # ran past the deadline
+            _kill_all(proc, d)
+            done = [r for r in range(world_size) if os.path.exists(os.path.join(d, f"rank{r}.pkl"))]
+            raise TimeoutError(
+                f"launch(backend={engine!r}, world_size={world_size}) ran past timeout={timeout} s; "
+                f"ranks {[r for r in range(world_size) if r not in done]} had not finished "
+                f"(a deadlock? every rank must post the matching send/recv). All processes "
+                f"were stopped.{_tail_text(tail)}"
+            )
+        return _collect(d, world_size, engine, proc.returncode, tail)
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            _kill_all(proc, d)
+        raise
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                _kill_all(proc, d)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _flavour(exe):
+    base = os.path.basename(exe)
+    if base.startswith("mpiexec.hydra") or os.path.exists(os.path.join(os.path.dirname(exe), "hydra_pmi_proxy")):
+        return "mpich"
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except Exception:
+        return "mpich"
+    return "openmpi" if "Open MPI" in out or "OpenRTE" in out else "mpich"
+
+
+def _pump(proc, deadline, echo, tail):
+    """Copy the ranks' output here (from this thread: a notebook shows it in the cell)
+    until mpiexec exits or the deadline passes."""
+    fd = proc.stdout.fileno()
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    kept = 0
+    while True:
+        wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.perf_counter()))
+        ready, _, _ = select.select([fd], [], [], wait)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:  # EOF: every rank closed its output; mpiexec is exiting
+                while proc.poll() is None:
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        return
+                    time.sleep(0.005)
+                return
+            text = _drop_noise(dec.decode(chunk))
+            if echo and text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            tail.append(text)
+            kept += len(text)
+            while kept > 20000 and len(tail) > 1:
+                kept -= len(tail.pop(0))
+        elif proc.poll() is not None and not ready:
+            # mpiexec gone; output pipe may be held by a stray child: do not wait on it
+            return
+        if deadline is not None and time.perf_counter() >= deadline:
+            return
+
+
+def _drop_noise(text):
+    """Hide MPICH's "application called MPI_Abort" line: the launcher re-raises the
+    rank's own exception, which says more."""
+    if "called MPI_Abort(MPI_COMM_WORLD, 1)" not in text:
+        return text
+    return "".join(line for line in text.splitlines(True) if "called MPI_Abort(MPI_COMM_WORLD, 1)" not in line)
+
+
+def _tail_text(tail):
+    text = "".join(tail).strip()
+    if not text:
+        return ""
+    return "\nLast output of the ranks:\n" + text[-3000:]
+
+
+def _collect(d, world_size, engine, returncode, tail):
+    results, errors, missing = [None] * world_size, [], []
+    for r in range(world_size):
+        path = os.path.join(d, f"rank{r}.pkl")
+        if not os.path.exists(path):
+            missing.append(r)
+            continue
+        try:
+            info = _load(path)
+        except Exception as e:
+            raise CommError(
+                f"launch(backend={engine!r}): could not unpickle the result of rank {r} "
+                f"({type(e).__name__}: {e}); return arrays, numbers or plain containers"
+            ) from e
+        if info[0] == "ok":
+            results[r] = info[1]
+        else:
+            errors.append((info[5], r, info))
+    if errors:
+        errors.sort()
+        _, r, info = errors[0]
+        exc = _rank_error(r, world_size, info, engine)
+        others = [e[1] for e in errors[1:]]
+        if others and hasattr(exc, "add_note"):
+            exc.add_note(f"(ranks {others} raised too; rank {r} was the first)")
+        raise exc
+    if missing:
+        raise RankFailure(
+            f"launch(backend={engine!r}, world_size={world_size}): rank(s) {missing} ended without "
+            f"a result (mpiexec exit code {returncode}): killed, out of memory, or os._exit "
+            f"in fn?{_tail_text(tail)}",
+            failed_rank=missing[0],
+        )
+    return results

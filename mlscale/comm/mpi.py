@@ -1,0 +1,591 @@
+"""The ``mpi`` engine: :class:`MPIComm` over mpi4py, with MPICH from PyPI.
+
+Run a script on 4 processes::
+
+    # mpiexec -n 4 python script.py
+    import numpy as np, mlscale as ms
+    comm = ms.comm.MPIComm()
+    print(comm.rank, comm.all_reduce(np.ones(3), algorithm="ring"))
+
+or, from a notebook or any Python process, ``ms.launch(fn, 4, backend="mpi")``
+(:func:`launch_mpi`, in :mod:`mlscale.comm._mpi_launch`).
+
+How a message travels. MPI moves raw bytes; a receiver without ``out=`` must still
+learn the shape and dtype. Every message therefore starts with a small header
+(``nbytes, seq, ndim, dtype, shape``) sent on the user's tag:
+
+- small arrays (up to ``INLINE_BYTES``) travel *inside* the header message: one MPI
+  message, one copy of a few KiB, the latency of a single send;
+- larger arrays travel as a second message, straight from the array's own buffer
+  (uppercase ``Isend``/``Irecv``, no pickling, no copy) on a private duplicate
+  communicator, with a tag (``seq``) unique to the sender-receiver pair. The receiver
+  posts that receive as soon as it has read the header, straight into ``out=`` when
+  given, so a header costs one small-message latency, not a copy.
+
+While any blocking call waits, the headers of pending ``irecv``\\s are read and their
+payload receives posted, so ``irecv(); send(); wait()`` on two ranks cannot deadlock on
+large messages.
+
+``mpi4py`` is imported only when an :class:`MPIComm` is made, never by ``import mlscale``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..collectives import ALGORITHMS, default_algorithm
+from ..collectives._reduce_ops import check_op, finish
+from .base import ANY_SOURCE, Communicator, Request
+from .errors import BackendUnavailable, CommError, TimeoutError
+
+#: arrays up to this many bytes travel inside their header message (one MPI message)
+INLINE_BYTES = 8192
+_HDR_WORDS = 5  # nbytes, seq, ndim, dtype (2 words = 16 ascii bytes); then the shape
+_MAX_NDIM = 64
+_HDR_MAX = 8 * (_HDR_WORDS + _MAX_NDIM)
+_RBUF = _HDR_MAX + INLINE_BYTES
+
+_MPI = None
+
+
+def _mpi():
+    """Import mpi4py's MPI module on first use, with a clear error if it is missing."""
+    global _MPI
+    if _MPI is None:
+        try:
+            from mpi4py import MPI
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise BackendUnavailable(
+                f"the mpi engine needs mpi4py and an MPI library ({e}); "
+                'install them with: pip install "mlscale[mpi]"'
+            ) from None
+        _MPI = MPI
+    return _MPI
+
+
+def _pad16(n):
+    return (n + 15) & ~15
+
+
+def _bytes(a):
+    """A flat uint8 view of a C-contiguous array (no copy)."""
+    return a.reshape(-1).view(np.uint8)
+
+
+_DTYPE_WORDS: dict = {}
+
+
+def _dtype_words(dt):
+    w = _DTYPE_WORDS.get(dt)
+    if w is None:
+        s = dt.str.encode()
+        if dt.fields is not None or dt.subdtype is not None or len(s) > 16 or dt.hasobject:
+            raise CommError(f"cannot send arrays of dtype {dt!r}: use a plain numeric dtype")
+        w = np.frombuffer(s.ljust(16, b"\0"), np.int64).copy()
+        _DTYPE_WORDS[dt] = w
+    return w
+
+
+def _make_header(buf, seq):
+    h = np.empty(_HDR_WORDS + buf.ndim, np.int64)
+    h[0] = buf.nbytes
+    h[1] = seq
+    h[2] = buf.ndim
+    h[3:5] = _dtype_words(buf.dtype)
+    h[5:] = buf.shape
+    return h
+
+
+def _read_header(rbuf):
+    """(nbytes, seq, shape, dtype, payload offset) from a received header buffer."""
+    w = rbuf[: 8 * _HDR_WORDS].view(np.int64)
+    nbytes, seq, ndim = int(w[0]), int(w[1]), int(w[2])
+    dtype = np.dtype(rbuf[24:40].tobytes().rstrip(b"\0").decode())
+    end = 8 * (_HDR_WORDS + ndim)
+    shape = tuple(int(s) for s in rbuf[8 * _HDR_WORDS : end].view(np.int64))
+    return nbytes, seq, shape, dtype, _pad16(end)
+
+
+class _SendRequest(Request):
+    def __init__(self, comm, reqs, keep):
+        self._comm, self._reqs, self._keep = comm, reqs, keep
+
+    def wait(self):
+        if self._reqs:
+            self._comm._wait(self._reqs)
+            self._reqs, self._keep = [], None
+        return None
+
+    def test(self):
+        if self._reqs and not _mpi().Request.Testall(self._reqs):
+            return False
+        self._reqs, self._keep = [], None
+        return True
+
+
+class _RecvRequest(Request):
+    """A receive in two steps: the header (posted at once), then the payload (posted
+    as soon as the header is read, into ``out`` when given)."""
+
+    def __init__(self, comm, src, tag, out):
+        self._comm, self._src, self._tag, self._out = comm, src, tag, out
+        self._rbuf = np.empty(_RBUF, np.uint8)
+        self._hreq = comm._hc.Irecv([self._rbuf, _mpi().BYTE], src, tag)
+        self._preq = None
+        self._done = False
+        self._result = None
+        self._error = None
+        self.source = None if src == _mpi().ANY_SOURCE else src
+        comm._pending.append(self)
+
+    # called exactly once, when the header request has completed
+    def _on_header(self, status):
+        comm = self._comm
+        self._hreq = None
+        if self in comm._pending:
+            comm._pending.remove(self)
+        self.source = src = status.Get_source()
+        nbytes, seq, shape, dtype, off = _read_header(self._rbuf)
+        out = self._out
+        bad = out is not None and (tuple(out.shape) != shape or out.dtype != dtype)
+        if bad:
+            self._error = CommError(
+                f"{comm._describe()}: recv from rank {src} (tag {self._tag}): rank {src} sent "
+                f"shape {shape} dtype {dtype}, but out= has shape {tuple(out.shape)} dtype {out.dtype}"
+            )
+        if seq < 0:  # the payload came inside the header message
+            if not bad:
+                y = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype)
+                _bytes(y)[:] = self._rbuf[off : off + nbytes]
+                if out is not None and y is not out:
+                    out[...] = y
+                    y = out
+                self._result = y
+            self._rbuf = None
+            self._done = True
+            return
+        self._rbuf = None
+        if bad:  # drain the payload so the sender does not hang, then report
+            y = np.empty(nbytes, np.uint8)
+        elif out is not None and out.flags.c_contiguous:
+            y = out
+        else:
+            y = np.empty(shape, dtype)
+        self._result = y
+        self._preq = comm._dc.Irecv([_bytes(y), _mpi().BYTE], src, seq)
+
+    def _finish(self):
+        self._preq = None
+        self._done = True
+        if self._error is None and self._out is not None and self._result is not self._out:
+            self._out[...] = self._result
+            self._result = self._out
+
+    def wait(self):
+        if not self._done:
+            if self._hreq is not None:
+                self._on_header(self._comm._wait_one(self._hreq, exclude=self))
+            if self._preq is not None:
+                self._comm._wait([self._preq])
+                self._finish()
+        if self._error is not None:
+            err, self._error, self._result = self._error, None, None
+            raise err
+        return self._result
+
+    def test(self):
+        if self._done:
+            return True
+        if self._hreq is not None:
+            st = _mpi().Status()
+            if not self._hreq.Test(st):
+                return False
+            self._on_header(st)
+        if self._preq is not None:
+            if not self._preq.Test():
+                return False
+            self._finish()
+        return self._done
+
+    def cancel(self):
+        """Cancel a receive whose header has not arrived. True if cancelled."""
+        if self._hreq is None:
+            return False
+        MPI = _mpi()
+        self._hreq.Cancel()
+        st = MPI.Status()
+        self._hreq.Wait(st)
+        if st.Is_cancelled():
+            self._hreq = None
+            if self in self._comm._pending:
+                self._comm._pending.remove(self)
+            self._done = True
+            return True
+        self._on_header(st)  # it had already matched a message: keep it
+        return False
+
+
+_HOOKED = False
+
+
+def _install_excepthook():
+    """Under ``mpiexec -n N python script.py`` an uncaught exception on one rank would
+    leave the others waiting forever in their next receive: print the rank, then
+    MPI_Abort so mpiexec stops every rank."""
+    global _HOOKED
+    if _HOOKED or os.environ.get("MLSCALE_MPI_WORKER"):
+        return
+    _HOOKED = True
+    previous = sys.excepthook
+
+    def hook(etype, value, tb):
+        try:
+            previous(etype, value, tb)
+        finally:
+            world = _mpi().COMM_WORLD
+            if world.Get_size() > 1 and not issubclass(etype, KeyboardInterrupt):
+                sys.stderr.write(
+                    f"mlscale: rank {world.Get_rank()} of {world.Get_size()} raised "
+                    f"{etype.__name__}; calling MPI_Abort so the other ranks do not hang\n"
+                )
+                sys.stderr.flush()
+                world.Abort(1)
+
+    sys.excepthook = hook
+
+
+def _mpi_op(op):
+    MPI = _mpi()
+    return {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}[op]
+
+
+def _mpi_reducible(dtype, op):
+    """Can MPI reduce this dtype with this op directly? (Otherwise mlscale's algorithm runs.)"""
+    if dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8):
+        return True
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return True
+    return dtype.kind == "c" and dtype.itemsize in (8, 16) and op in ("sum", "mean", "prod")
+
+
+def _fallback(name, comm, x, *args):
+    algo = default_algorithm(name, comm, x)
+    return ALGORITHMS[name][algo](comm, x, *args)
+
+
+# ---------------------------------------------------------------------- native collectives
+def _native_all_reduce(comm, x, op, out=None):
+    if not _mpi_reducible(x.dtype, op):
+        return _fallback("all_reduce", comm, x, op)
+    MPI = _mpi()
+    fits = (out is not None and out.flags.c_contiguous and out.shape == x.shape
+            and out.dtype == x.dtype and (op != "mean" or x.dtype.kind in "fc"))
+    if fits and out is x:
+        comm._hc.Allreduce(MPI.IN_PLACE, out, op=_mpi_op(op))
+        y = out
+    else:
+        y = out if fits and not np.shares_memory(out, x) else np.empty_like(x)
+        comm._hc.Allreduce(x, y, op=_mpi_op(op))
+    return finish(y, op, comm.world_size)
+
+
+_native_all_reduce.accepts_out = True
+
+
+def _split_counts(n, p):
+    q, r = divmod(n, p)
+    return [q + 1 if i < r else q for i in range(p)]
+
+
+def _native_reduce_scatter(comm, x, op):
+    if not _mpi_reducible(x.dtype, op):
+        return _fallback("reduce_scatter", comm, x, op)
+    counts = _split_counts(x.size, comm.world_size)
+    y = np.empty(counts[comm.rank], x.dtype)
+    comm._hc.Reduce_scatter(x.reshape(-1), y, counts, op=_mpi_op(op))
+    return finish(y, op, comm.world_size)
+
+
+def _native_all_gather(comm, x, counts):
+    MPI = _mpi()
+    row = x.dtype.itemsize * (int(np.prod(x.shape[1:])) if x.ndim > 1 else 1)
+    nb = [int(c) * row for c in counts]
+    displs = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(int).tolist()
+    y = np.empty((int(sum(counts)),) + tuple(x.shape[1:]), x.dtype)
+    comm._hc.Allgatherv([_bytes(x), MPI.BYTE], [_bytes(y), nb, displs, MPI.BYTE])
+    return y
+
+
+def _native_broadcast(comm, x, root):
+    y = x.copy() if comm.rank == root else np.empty_like(x)
+    comm._hc.Bcast([_bytes(y), _mpi().BYTE], root)
+    return y
+
+
+def _native_reduce(comm, x, root, op):
+    if not _mpi_reducible(x.dtype, op):
+        return _fallback("reduce", comm, x, root, op)
+    y = np.empty_like(x) if comm.rank == root else None
+    comm._hc.Reduce(x, y, op=_mpi_op(op), root=root)
+    return finish(y, op, comm.world_size) if comm.rank == root else None
+
+
+def _native_gather(comm, x, root):
+    MPI = _mpi()
+    metas = comm._hc.gather((x.shape, x.dtype.str), root)
+    if comm.rank != root:
+        comm._hc.Gatherv([_bytes(x), MPI.BYTE], None, root)
+        return None
+    outs = [np.empty(s, np.dtype(d)) for s, d in metas]
+    nb = [a.nbytes for a in outs]
+    displs = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(int).tolist()
+    flat = np.empty(int(sum(nb)), np.uint8)
+    comm._hc.Gatherv([_bytes(x), MPI.BYTE], [flat, nb, displs, MPI.BYTE], root)
+    for a, d, n in zip(outs, displs, nb):
+        _bytes(a)[:] = flat[d : d + n]
+    return outs
+
+
+def _native_scatter(comm, xs, root):
+    MPI = _mpi()
+    metas = [(a.shape, a.dtype.str) for a in xs] if comm.rank == root else None
+    shape, dt = comm._hc.scatter(metas, root)
+    y = np.empty(shape, np.dtype(dt))
+    if comm.rank == root:
+        nb = [a.nbytes for a in xs]
+        displs = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(int).tolist()
+        flat = np.concatenate([_bytes(a) for a in xs]) if xs else np.empty(0, np.uint8)
+        comm._hc.Scatterv([flat, nb, displs, MPI.BYTE], [_bytes(y), MPI.BYTE], root)
+    else:
+        comm._hc.Scatterv(None, [_bytes(y), MPI.BYTE], root)
+    return y
+
+
+_NATIVE = {
+    "all_reduce": _native_all_reduce,
+    "reduce_scatter": _native_reduce_scatter,
+    "all_gather": _native_all_gather,
+    "broadcast": _native_broadcast,
+    "reduce": _native_reduce,
+    "gather": _native_gather,
+    "scatter": _native_scatter,
+}
+
+
+def _ranks(rs):
+    return f"rank {rs[0]}" if len(rs) == 1 else "ranks " + ", ".join(map(str, rs))
+
+
+def _mismatch_message(comm, sigs):
+    """Which ranks passed what, field by field, for the fields that differ."""
+    names = ("collective", "shape", "dtype", "op", "algorithm", "root")
+    if not all(isinstance(s, tuple) and len(s) == len(names) for s in sigs):
+        names = ("arguments",)
+        sigs = [(s,) for s in sigs]
+    diffs = []
+    for i, field in enumerate(names):
+        groups: dict = {}
+        for r, s in enumerate(sigs):
+            groups.setdefault(repr(s[i]), []).append(r)
+        if len(groups) > 1:
+            parts = sorted(groups.items(), key=lambda kv: len(kv[1]))
+            diffs.append(f"{field}: " + " vs ".join(f"{v} on {_ranks(rs)}" for v, rs in parts))
+    what = sigs[comm.rank][0]
+    return (
+        f"{comm._describe()}: the ranks disagree on {what} (collective #{comm._coll_seq + 1}): "
+        + "; ".join(diffs)
+        + ". Every rank must call the same collective, in the same order, with the same "
+        "shape, dtype, op, algorithm and root."
+    )
+
+
+# ---------------------------------------------------------------------- the engine
+class MPIComm(Communicator):
+    """A communicator over MPI processes (mpi4py). ``comm`` defaults to
+    ``MPI.COMM_WORLD``; it is duplicated, so mlscale's messages never mix with the
+    caller's own. ``check=False`` skips the cross-rank argument check of collectives
+    (one small ``allgather`` each), as benchmarks do."""
+
+    backend = "mpi"
+
+    def __init__(self, comm=None, check=True):
+        MPI = _mpi()
+        base = MPI.COMM_WORLD if comm is None else comm
+        super().__init__(base.Get_rank(), base.Get_size(), np)
+        self.check = bool(check)
+        self._hc = base.Dup()  # headers (and inline payloads), collectives
+        self._dc = base.Dup()  # large payloads, tag = per-pair sequence number
+        self._tag_ub = int(self._hc.Get_attr(MPI.TAG_UB))
+        self._seq = [0] * self.world_size
+        self._pending: list[_RecvRequest] = []  # irecvs whose header is not read yet
+        self._t0 = MPI.Wtime()
+        _install_excepthook()
+
+    @property
+    def mpi_comm(self):
+        """The underlying mpi4py communicator (a duplicate of the one given)."""
+        return self._hc
+
+    @property
+    def clock(self):
+        """Wall-clock seconds since this communicator was made (MPI_Wtime)."""
+        return _mpi().Wtime() - self._t0
+
+    # ------------------------------------------------------------------ progress
+    def _wait_one(self, req, exclude=None):
+        """Wait for one MPI request and return its Status, reading the headers of
+        other pending irecvs meanwhile (so their payload receives get posted)."""
+        MPI = _mpi()
+        while True:
+            pend = [p for p in self._pending if p is not exclude]
+            st = MPI.Status()
+            if not pend:
+                req.Wait(st)
+                return st
+            i = MPI.Request.Waitany([req] + [p._hreq for p in pend], st)
+            if i == 0:
+                return st
+            pend[i - 1]._on_header(st)
+
+    def _wait(self, reqs):
+        for r in reqs:
+            if r:
+                self._wait_one(r)
+
+    # ------------------------------------------------------------------ point to point
+    def _post_send(self, buf, dst, tag):
+        """Start sending; return (MPI requests, buffers to keep alive)."""
+        MPI = _mpi()
+        if buf.nbytes <= INLINE_BYTES:
+            h = _make_header(buf, -1)
+            off = _pad16(h.nbytes)
+            msg = np.empty(off + buf.nbytes, np.uint8)
+            msg[: h.nbytes] = h.view(np.uint8)
+            msg[off:] = _bytes(buf)
+            return [self._hc.Isend([msg, MPI.BYTE], dst, tag)], msg
+        seq = self._seq[dst]
+        self._seq[dst] = (seq + 1) % self._tag_ub
+        h = _make_header(buf, seq)
+        r1 = self._hc.Isend([h, MPI.BYTE], dst, tag)
+        r2 = self._dc.Isend([_bytes(buf), MPI.BYTE], dst, seq)
+        return [r1, r2], (h, buf)
+
+    def _send(self, buf, dst, tag):
+        reqs, keep = self._post_send(buf, dst, tag)
+        self._wait(reqs)
+        del keep
+
+    def _isend(self, buf, dst, tag):
+        reqs, keep = self._post_send(buf, dst, tag)
+        return _SendRequest(self, reqs, keep)
+
+    def _irecv(self, src, tag, out):
+        return _RecvRequest(self, src, tag, out)
+
+    def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False, _give=False):
+        """Send ``x`` to ``dst`` and receive from ``src`` at once (MPI_Sendrecv); the send
+        completes even when the receive raises (an ``out=`` that does not fit)."""
+        rreq = self.irecv(src, tag, out, _internal=_internal)
+        sreq = self.isend(x, dst, tag, _internal=_internal)
+        try:
+            return rreq.wait()
+        finally:
+            sreq.wait()
+
+    def _recv(self, src, tag, out):
+        return _RecvRequest(self, src, tag, out).wait()
+
+    def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
+        """Blocking receive from rank ``src`` (or :data:`ANY_SOURCE`); ``timeout`` in
+        seconds raises :class:`~mlscale.comm.errors.TimeoutError` if nothing arrives."""
+        if src == ANY_SOURCE and timeout is None:
+            return self.recv_any(tag, out)[1]
+        if src != ANY_SOURCE:
+            src = self._check_peer(src, "src")
+        tag = self._check_tag(tag, _internal)
+        if timeout is None:
+            return self._recv(src, tag, out)
+        return self._recv_timeout(src, tag, out, timeout)[1]
+
+    def recv_any(self, tag=0, out=None, timeout=None):
+        """Receive the next message on ``tag`` from whichever rank sends first;
+        returns ``(src, array)`` (for parameter servers)."""
+        tag = self._check_tag(tag)
+        if timeout is None:
+            req = _RecvRequest(self, _mpi().ANY_SOURCE, tag, out)
+            y = req.wait()
+            return req.source, y
+        return self._recv_timeout(_mpi().ANY_SOURCE, tag, out, timeout)
+
+    def _recv_timeout(self, src, tag, out, timeout):
+        req = _RecvRequest(self, src, tag, out)
+        deadline = time.perf_counter() + float(timeout)
+        pause = 2e-5
+        while not req.test():
+            if time.perf_counter() > deadline and req._hreq is not None and req.cancel():
+                who = "any rank" if src == _mpi().ANY_SOURCE else f"rank {src}"
+                raise TimeoutError(
+                    f"{self._describe()}: recv from {who} (tag {tag}) got nothing within "
+                    f"timeout={timeout} s; is that rank still running and sending on this tag?"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 5e-3)
+        return req.source, req.wait()
+
+    # ------------------------------------------------------------------ agreement and collectives
+    def _agree(self, signature, extra=None):
+        everyone = self._hc.allgather((signature, extra))
+        sigs = [s for s, _ in everyone]
+        if any(s != sigs[0] for s in sigs[1:]):
+            raise CommError(_mismatch_message(self, sigs))
+        return [e for _, e in everyone]
+
+    def _native(self, name):
+        return _NATIVE.get(name)
+
+    def barrier(self):
+        if self._pending:
+            self._wait([self._hc.Ibarrier()])
+        else:
+            self._hc.Barrier()
+
+    def split(self, color, key=None):
+        """Sub-communicators (MPI_Comm_split): ranks with the same ``color`` form one,
+        ordered by ``key`` (default: rank). ``color=None`` gives None (MPI_UNDEFINED)."""
+        MPI = _mpi()
+        c = MPI.UNDEFINED if color is None else int(color)
+        sub = self._hc.Split(c, self.rank if key is None else int(key))
+        if sub == MPI.COMM_NULL:
+            return None
+        new = MPIComm(sub, check=self.check)
+        sub.Free()
+        return new
+
+    def free(self):
+        """Release the MPI communicators (optional; MPI_Finalize does it too)."""
+        for c in (self._hc, self._dc):
+            if c != _mpi().COMM_NULL:
+                c.Free()
+
+    def abort(self, code=1):
+        """Stop every rank of the job at once (MPI_Abort)."""
+        self._hc.Abort(code)
+
+
+def launch_mpi(fn, world_size, args=(), device="cpu", timeout=None, **kwargs):
+    """Run ``fn(comm, *args)`` on ``world_size`` MPI processes; return the results by
+    rank. See :mod:`mlscale.comm._mpi_launch`."""
+    from ._mpi_launch import launch_processes
+
+    if device not in ("cpu", None):
+        raise CommError(
+            f"backend='mpi' runs NumPy ranks on CPUs (device={device!r} asked); "
+            "for GPUs use backend='nccl', device='gpu'"
+        )
+    return launch_processes(fn, world_size, args, engine="mpi", timeout=timeout, **kwargs)
+
+
+__all__ = ["MPIComm", "launch_mpi", "INLINE_BYTES", "check_op"]
