@@ -74,3 +74,29 @@ def fold(p):
 def release(comm, arr):
     """The algorithm is done with a buffer it received (lets the sim engine reuse it)."""
     comm._release(arr)
+
+
+def fold_in(comm, acc, op):
+    """MPICH's start for world sizes that are not powers of two: among the ranks
+    r < 2 rem, each even rank hands its vector to the odd rank above it, which reduces
+    it and stands for both. Returns (pof2, newrank, real_of); newrank is -1 for the
+    ranks that sit the middle part out."""
+    pof2, rem, newrank_of, real_of = fold(comm.world_size)
+    r = comm.rank
+    if r < 2 * rem:
+        if r % 2 == 0:
+            send(comm, acc, r + 1)
+        else:
+            reduce_(comm, acc, recv(comm, r - 1), op)
+    return pof2, newrank_of(r), real_of
+
+
+def fold_out(comm, acc):
+    """...and its end: the odd rank hands the finished vector back to its even partner."""
+    rem = fold(comm.world_size)[1]
+    r = comm.rank
+    if r < 2 * rem:
+        if r % 2 == 0:
+            return recv(comm, r + 1)
+        send(comm, acc, r - 1)
+    return acc

@@ -5,7 +5,7 @@ The cost of each (alpha latency, beta s/byte, gamma s/byte reduced, n bytes,
 p ranks) is in :mod:`mlscale.collectives.cost`; on the ``sim`` engine the virtual
 time equals it.
 """
-from ._p2p import bounds, fold, pass_along, recv, reduce_, release, send, sendrecv
+from ._p2p import bounds, fold_in, fold_out, pass_along, recv, reduce_, release, send, sendrecv
 from ._reduce_ops import finish
 from .rooted import broadcast_tree, reduce_tree
 
@@ -94,65 +94,57 @@ def recursive_doubling(comm, x, op):
     """In round k rank r swaps its whole vector with rank r XOR 2^k and reduces:
     lg p (alpha + n beta + n gamma). Latency-optimal; MPICH's choice for short messages.
     World sizes that are not powers of two fold the extra ranks in first (2 more steps)."""
-    p, r = comm.world_size, comm.rank
     acc = x.reshape(-1).copy()
-    pof2, rem, newrank_of, real_of = fold(p)
-    v = newrank_of(r)
-    if r < 2 * rem:
-        if r % 2 == 0:
-            send(comm, acc, r + 1)
-        else:
-            reduce_(comm, acc, recv(comm, r - 1), op)
+    pof2, v, real_of = fold_in(comm, acc, op)
     if v >= 0:
         mask = 1
         while mask < pof2:
             dst = real_of(v ^ mask)
             reduce_(comm, acc, sendrecv(comm, acc, dst, dst), op)
             mask <<= 1
-    if r < 2 * rem:
-        if r % 2 == 0:
-            acc = recv(comm, r + 1)
-        else:
-            send(comm, acc, r - 1)
-    return finish(acc, op, p).reshape(x.shape)
+    acc = fold_out(comm, acc)
+    return finish(acc, op, comm.world_size).reshape(x.shape)
+
+
+def halve(comm, acc, cut, v, pof2, real_of, op):
+    """Recursive halving over the pof2 ranks left after folding: in each round keep
+    half of the chunks still held, send the other half to rank v XOR mask and reduce
+    what comes back. Returns (lo, hi): the chunks this rank ends up owning (just v)."""
+    lo, hi = 0, pof2
+    mask = pof2 >> 1
+    while mask >= 1:
+        dst = real_of(v ^ mask)
+        mid = (lo + hi) // 2
+        keep, give = ((lo, mid), (mid, hi)) if not v & mask else ((mid, hi), (lo, mid))
+        got = sendrecv(comm, acc[cut[give[0]]:cut[give[1]]], dst, dst)
+        reduce_(comm, acc[cut[keep[0]]:cut[keep[1]]], got, op)
+        lo, hi = keep
+        mask >>= 1
+    return lo, hi
+
+
+def double(comm, acc, cut, v, lo, hi, pof2, real_of):
+    """Recursive doubling of what each rank owns: swap your chunks [lo, hi) with rank
+    v XOR mask, which holds the neighbouring ones, until everyone has all pof2."""
+    mask = 1
+    while mask < pof2:
+        dst = real_of(v ^ mask)
+        width = hi - lo
+        olo = lo + width if not v & mask else lo - width
+        sendrecv(comm, acc[cut[lo]:cut[hi]], dst, dst, out=acc[cut[olo]:cut[olo + width]])
+        lo, hi = min(lo, olo), max(hi, olo + width)
+        mask <<= 1
 
 
 def rabenseifner(comm, x, op):
     """Reduce-scatter by recursive halving, then all-gather by recursive doubling
     (Rabenseifner 2004): 2 lg p alpha + 2((p-1)/p) n beta + ((p-1)/p) n gamma.
     MPICH's choice for long messages. Non-powers of two fold in as recursive doubling does."""
-    p, r = comm.world_size, comm.rank
     acc = x.reshape(-1).copy()
-    pof2, rem, newrank_of, real_of = fold(p)
-    v = newrank_of(r)
-    if r < 2 * rem:
-        if r % 2 == 0:
-            send(comm, acc, r + 1)
-        else:
-            reduce_(comm, acc, recv(comm, r - 1), op)
+    pof2, v, real_of = fold_in(comm, acc, op)
     if v >= 0:
         cut = bounds(acc.size, pof2)
-        lo, hi = 0, pof2  # chunks this rank is responsible for
-        mask = pof2 >> 1
-        while mask >= 1:  # recursive halving: keep half, send the other half
-            dst = real_of(v ^ mask)
-            mid = (lo + hi) // 2
-            keep, give = ((lo, mid), (mid, hi)) if not v & mask else ((mid, hi), (lo, mid))
-            got = sendrecv(comm, acc[cut[give[0]]:cut[give[1]]], dst, dst)
-            reduce_(comm, acc[cut[keep[0]]:cut[keep[1]]], got, op)
-            lo, hi = keep
-            mask >>= 1
-        mask = 1
-        while mask < pof2:  # recursive doubling: swap halves back
-            dst = real_of(v ^ mask)
-            width = hi - lo
-            olo = lo + width if not v & mask else lo - width
-            sendrecv(comm, acc[cut[lo]:cut[hi]], dst, dst, out=acc[cut[olo]:cut[olo + width]])
-            lo, hi = min(lo, olo), max(hi, olo + width)
-            mask <<= 1
-    if r < 2 * rem:
-        if r % 2 == 0:
-            acc = recv(comm, r + 1)
-        else:
-            send(comm, acc, r - 1)
-    return finish(acc, op, p).reshape(x.shape)
+        lo, hi = halve(comm, acc, cut, v, pof2, real_of, op)
+        double(comm, acc, cut, v, lo, hi, pof2, real_of)
+    acc = fold_out(comm, acc)
+    return finish(acc, op, comm.world_size).reshape(x.shape)

@@ -8,9 +8,9 @@ all_gather: every rank gets every rank's x, concatenated along axis 0 in rank or
 """
 import math
 
-from ._p2p import bounds, fold, recv, reduce_, send, sendrecv
+from ._p2p import bounds, fold, fold_in, fold_out, recv, send
 from ._reduce_ops import finish
-from .allreduce import _ring_all_gather, _ring_reduce_scatter
+from .allreduce import _ring_all_gather, _ring_reduce_scatter, double, halve
 from .rooted import broadcast_tree, gather_linear, reduce_linear, scatter_linear
 
 
@@ -53,26 +53,10 @@ def reduce_scatter_halving(comm, x, op):
     p, r = comm.world_size, comm.rank
     acc = x.reshape(-1).copy()
     cut = bounds(acc.size, p)
-    pof2, rem, newrank_of, real_of = fold(p)
-    v = newrank_of(r)
-    if r < 2 * rem:
-        if r % 2 == 0:
-            send(comm, acc, r + 1)
-        else:
-            reduce_(comm, acc, recv(comm, r - 1), op)
+    pof2, v, real_of = fold_in(comm, acc, op)
     if v >= 0:
-        scut = _super_cut(cut, p)
-        lo, hi = 0, pof2
-        mask = pof2 >> 1
-        while mask >= 1:
-            dst = real_of(v ^ mask)
-            mid = (lo + hi) // 2
-            keep, give = ((lo, mid), (mid, hi)) if not v & mask else ((mid, hi), (lo, mid))
-            got = sendrecv(comm, acc[scut[give[0]]:scut[give[1]]], dst, dst)
-            reduce_(comm, acc[scut[keep[0]]:scut[keep[1]]], got, op)
-            lo, hi = keep
-            mask >>= 1
-    if r < 2 * rem:  # the odd rank hands its even partner the partner's chunk
+        halve(comm, acc, _super_cut(cut, p), v, pof2, real_of, op)
+    if r < 2 * fold(p)[1]:  # the odd rank hands its even partner the partner's chunk
         if r % 2 == 0:
             return finish(recv(comm, r + 1), op, p)
         send(comm, acc[cut[r - 1]:cut[r]], r - 1)
@@ -116,25 +100,11 @@ def all_gather_doubling(comm, x, counts):
     out, cut, shape = _layout(comm, x, counts)
     pof2, rem, newrank_of, real_of = fold(p)
     v = newrank_of(r)
-    if r < 2 * rem:
+    if r < 2 * rem:  # the even rank's block goes to its odd partner first
         if r % 2 == 0:
             send(comm, out[cut[r]:cut[r + 1]], r + 1)
         else:
             recv(comm, r - 1, out=out[cut[r - 1]:cut[r]])
     if v >= 0:
-        scut = _super_cut(cut, p)
-        lo, hi = v, v + 1
-        mask = 1
-        while mask < pof2:
-            dst = real_of(v ^ mask)
-            width = hi - lo
-            olo = lo + width if not v & mask else lo - width
-            sendrecv(comm, out[scut[lo]:scut[hi]], dst, dst, out=out[scut[olo]:scut[olo + width]])
-            lo, hi = min(lo, olo), max(hi, olo + width)
-            mask <<= 1
-    if r < 2 * rem:
-        if r % 2 == 0:
-            recv(comm, r + 1, out=out)
-        else:
-            send(comm, out, r - 1)
-    return out.reshape(shape)
+        double(comm, out, _super_cut(cut, p), v, v, v + 1, pof2, real_of)
+    return fold_out(comm, out).reshape(shape)

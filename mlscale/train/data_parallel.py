@@ -45,17 +45,17 @@ class DataParallel:
         buckets = model.buckets(self.bucket_bytes) if self.bucket_bytes else None
         pending = []
         loss = 0.0
-        for i, (xb, yb) in enumerate(micro_batches):
-            last = i == k - 1
-            hook = None
-            if last and self.overlap:
-                def hook(bucket, g):  # backward has just filled this bucket
-                    if k > 1:
-                        g *= 1.0 / k
-                    pending.append(comm.start(lambda c, v: self._all_reduce(c, v), g))
+        def start_bucket(bucket, g):  # backward has just filled this bucket: send it now
+            if k > 1:
+                g *= 1.0 / k
+            pending.append(comm.start(lambda c, v: self._all_reduce(c, v), g))
 
+        for i, (xb, yb) in enumerate(micro_batches):
+            overlap_now = self.overlap and i == k - 1  # only the last micro-batch's grads are final
             loss += stepper.loss_and_grad(
-                xb, yb, zero_grad=(i == 0), buckets=buckets if hook else None, on_bucket_ready=hook
+                xb, yb, zero_grad=(i == 0),
+                buckets=buckets if overlap_now else None,
+                on_bucket_ready=start_bucket if overlap_now else None,
             )
         if self.overlap:
             for req in pending:
