@@ -10,6 +10,14 @@
 """
 __version__ = "0.1.0"
 
+import os as _os
+
+# numba's parallel kernels and NumPy's BLAS keep separate thread pools; on a small
+# machine (2 cores on Binder or CI) threads that spin while idle starve each other and
+# the simulator slows down a hundredfold. Idle threads should sleep. (Set before numba
+# starts its threads; a learner's own setting wins.)
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .comm import (  # noqa: E402,F401
     ANY_SOURCE,
     BackendUnavailable,

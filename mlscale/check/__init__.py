@@ -3,3 +3,4 @@ reference and returns a :class:`CheckResult` (``.passed``, what failed, a hint).
 from . import solutions  # noqa: F401
 from .collectives import ring_all_reduce  # noqa: F401
 from .core import CheckResult, hint, solution  # noqa: F401
+from .train import data_parallel_step  # noqa: F401

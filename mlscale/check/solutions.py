@@ -17,3 +17,11 @@ def ring_all_reduce(comm, x):
         send_i, recv_i = (r + 1 - step) % p, (r - step) % p
         chunks[recv_i][...] = comm.sendrecv(chunks[send_i], dst=right, src=left)
     return np.concatenate(chunks) if p > 1 else chunks[0].copy()
+
+
+def data_parallel_step(comm, model, bucket_bytes):
+    """Average the gradients over every rank, one all-reduce per bucket (PyTorch DDP)."""
+    for bucket in model.buckets(bucket_bytes):  # contiguous slices of the flat grads
+        g = model.grads[bucket.slice]  # a view: writing into g writes model.grads
+        comm.all_reduce(g, op="sum", out=g)  # every rank gets the sum over ranks
+        g /= comm.world_size  # the mean: the gradient of the global batch

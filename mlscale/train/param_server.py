@@ -77,15 +77,16 @@ class ParameterServer:
             reqs.append(comm.isend(model.grads[cut[j]:cut[j + 1]], j, tag=GRAD))
         for r in reqs:
             r.wait()
+        # post every receive first: the servers' replies may then arrive in any order
+        # and at once (a blocking recv per server would make server 1 wait for server 0)
+        replies = [comm.irecv(j, tag=REPLY) for j in range(self.num_servers)]
+        shards = [comm.irecv(j, tag=PARAMS, out=model.params[cut[j]:cut[j + 1]]) for j in range(self.num_servers)]
         stop = False
-        replies = [comm.irecv(j, tag=REPLY) for j in range(self.num_servers)]  # any order
-        for j, req in enumerate(replies):
-            flag, version = req.wait().tolist()
-            if flag:
-                comm.recv(j, tag=PARAMS, out=model.params[cut[j]:cut[j + 1]])
-                self.versions[j] = version
-            else:
-                stop = True
+        for j in range(self.num_servers):
+            flag, version = replies[j].wait().tolist()
+            shards[j].wait()
+            self.versions[j] = version
+            stop = stop or not flag
         return None if stop else loss / len(micro_batches)
 
     # ---------------------------------------------------------------- server side
@@ -111,12 +112,13 @@ class ParameterServer:
         hist.updates += 1
 
     def _reply(self, comm, w, params, version, go=True):
+        """Tell worker w whether to go on (go) and send it this server's parameter shard."""
         # non-blocking: a server must never wait on one worker while others queue
         # (with several servers and MPI's rendezvous sends that would deadlock)
         self._outbox = [r for r in getattr(self, "_outbox", []) if not r.test()]
         self._outbox.append(comm.isend(np.array([int(go), version], dtype=np.int64), w, tag=REPLY))
-        if go:
-            self._outbox.append(comm.isend(params.copy(), w, tag=PARAMS))  # params change next update
+        # the parameters go too when stopping: workers end with the servers' latest
+        self._outbox.append(comm.isend(params.copy(), w, tag=PARAMS))  # a copy: params change next update
 
     def _flush(self):
         for r in getattr(self, "_outbox", []):

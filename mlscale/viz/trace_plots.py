@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 #: colours of compute spans by label; messages take the tab10 colours in label order
-SPAN_COLORS = {"compute": "0.55", "reduce": "#e6a817"}
+SPAN_COLORS = {"compute": "0.55", "forward": "0.7", "backward": "0.45", "update": "#7f6fb0", "reduce": "#e6a817"}
 
 
 def _axes(ax, figsize):
