@@ -31,7 +31,7 @@ import time
 
 from .errors import BackendUnavailable, CommError, RankFailure, TimeoutError
 
-_ENV_DROP = ("PMI_", "PMIX_", "HYDRA_", "MPIR_CVAR_CH4_", "OMPI_", "MPI_LOCAL")
+_ENV_DROP = ("PMI_", "PMIX_", "HYDRA_", "OMPI_", "MPI_LOCAL")
 
 
 def find_mpiexec(explicit=None):
@@ -53,6 +53,7 @@ def find_mpiexec(explicit=None):
 
 def _child_env(world_size, engine):
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP)}
+    env.pop("PYTHONUNBUFFERED", None)  # the ranks write whole lines (see _mpi_worker)
     env["MLSCALE_MPI_WORKER"] = engine
     env["MLSCALE_LAUNCHER_PID"] = str(os.getpid())
     # N ranks share the cores: one BLAS/OpenMP thread each unless told otherwise
@@ -195,10 +196,19 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
             cmd[3:3] = ["--tag-output", "--oversubscribe"]
         start = time.perf_counter()
         deadline = None if timeout is None else start + float(timeout)
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=_child_env(world_size, engine), start_new_session=True,
-        )
+        # a Ctrl-C during Popen would leave mpiexec running with nobody to stop it: hold
+        # SIGINT until `proc` is known, then let it through (it lands in _pump)
+        held = hasattr(signal, "pthread_sigmask")
+        if held:
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=_child_env(world_size, engine), start_new_session=True,
+            )
+        finally:
+            if held:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         _pump(proc, deadline, echo, tail)
         if proc.returncode is None:  # ran past the deadline
             _kill_all(proc, d)

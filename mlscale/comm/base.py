@@ -155,7 +155,8 @@ class Communicator:
         a = xp.asarray(x)
         if a.dtype == object:
             raise CommError(f"{self._describe()}: {what} must be a numeric array, got dtype=object")
-        return xp.ascontiguousarray(a)
+        # (ascontiguousarray would turn a 0-d array into shape (1,))
+        return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
     @contextlib.contextmanager
     def label(self, text):
@@ -215,9 +216,10 @@ class Communicator:
         in a ring: every rank sends right and receives left). Returns what arrived."""
         rreq = self.irecv(src, tag, out, _internal=_internal)
         sreq = self.isend(x, dst, tag, _internal=_internal, _give=_give)
-        y = rreq.wait()
-        sreq.wait()
-        return y
+        try:
+            return rreq.wait()
+        finally:
+            sreq.wait()
 
     # ------------------------------------------------------------------ collectives
     def _collective(self, name, x, op=None, algorithm=None, root=None, shape_key=None, extra=None):

@@ -22,9 +22,12 @@ learn the shape and dtype. Every message therefore starts with a small header
   posts that receive as soon as it has read the header, straight into ``out=`` when
   given, so a header costs one small-message latency, not a copy.
 
-While any blocking call waits, the headers of pending ``irecv``\\s are read and their
-payload receives posted, so ``irecv(); send(); wait()`` on two ranks cannot deadlock on
-large messages.
+While any point-to-point call or ``barrier`` waits, the headers of pending
+``irecv``\\s are read and their payload receives posted, so ``irecv(); send(); wait()``
+on two ranks cannot deadlock on large messages. (MPI's own collectives, in
+:mod:`mlscale.comm._mpi_native`, do not do this: wait for large irecvs before calling one.)
+Blocking ``send``/``recv`` with no irecv pending take a shorter path (one ``Send``, or
+``Recv`` into a buffer kept for headers).
 
 ``mpi4py`` is imported only when an :class:`MPIComm` is made, never by ``import mlscale``.
 """
@@ -36,8 +39,6 @@ import time
 
 import numpy as np
 
-from ..collectives import ALGORITHMS, default_algorithm
-from ..collectives._reduce_ops import check_op, finish
 from .base import ANY_SOURCE, Communicator, Request
 from .errors import BackendUnavailable, CommError, TimeoutError
 
@@ -89,24 +90,58 @@ def _dtype_words(dt):
     return w
 
 
-def _make_header(buf, seq):
-    h = np.empty(_HDR_WORDS + buf.ndim, np.int64)
+def _make_header(buf, seq, extra=0):
+    """The header words of ``buf`` (and ``extra`` bytes of room after them, 16-aligned,
+    for an inline payload): returns (uint8 message buffer, payload offset)."""
+    words = _HDR_WORDS + buf.ndim
+    off = _pad16(8 * words)
+    msg = np.empty(off + extra if extra else 8 * words, np.uint8)
+    h = msg[: 8 * words].view(np.int64)
     h[0] = buf.nbytes
     h[1] = seq
     h[2] = buf.ndim
     h[3:5] = _dtype_words(buf.dtype)
     h[5:] = buf.shape
-    return h
+    return msg, off
+
+
+_DTYPES: dict = {}
 
 
 def _read_header(rbuf):
     """(nbytes, seq, shape, dtype, payload offset) from a received header buffer."""
     w = rbuf[: 8 * _HDR_WORDS].view(np.int64)
     nbytes, seq, ndim = int(w[0]), int(w[1]), int(w[2])
-    dtype = np.dtype(rbuf[24:40].tobytes().rstrip(b"\0").decode())
+    key = rbuf[24:40].tobytes()
+    dtype = _DTYPES.get(key)
+    if dtype is None:
+        dtype = _DTYPES[key] = np.dtype(key.rstrip(b"\0").decode())
     end = 8 * (_HDR_WORDS + ndim)
-    shape = tuple(int(s) for s in rbuf[8 * _HDR_WORDS : end].view(np.int64))
+    shape = tuple(rbuf[8 * _HDR_WORDS : end].view(np.int64).tolist())
     return nbytes, seq, shape, dtype, _pad16(end)
+
+
+def _plan(comm, rbuf, src, tag, out):
+    """What a receive does once its header is read. Returns (result, error, into, seq):
+    ``into`` is the buffer the separate payload message must be received into (None if
+    the payload came inside the header message); on a mismatch with ``out`` the payload
+    is still received (drained, so the sender completes) and ``error`` says why."""
+    nbytes, seq, shape, dtype, off = _read_header(rbuf)
+    error = None
+    if out is not None and (tuple(out.shape) != shape or out.dtype != dtype):
+        error = CommError(
+            f"{comm._describe()}: recv from rank {src} (tag {tag}): rank {src} sent "
+            f"shape {shape} dtype {dtype}, but out= has shape {tuple(out.shape)} dtype {out.dtype}"
+        )
+        return None, error, (None if seq < 0 else np.empty(nbytes, np.uint8)), seq
+    y = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype)
+    if seq >= 0:
+        return y, None, y, seq
+    _bytes(y)[:] = rbuf[off : off + nbytes]
+    if out is not None and y is not out:  # a non-contiguous out=
+        out[...] = y
+        y = out
+    return y, None, None, seq
 
 
 class _SendRequest(Request):
@@ -148,34 +183,12 @@ class _RecvRequest(Request):
         if self in comm._pending:
             comm._pending.remove(self)
         self.source = src = status.Get_source()
-        nbytes, seq, shape, dtype, off = _read_header(self._rbuf)
-        out = self._out
-        bad = out is not None and (tuple(out.shape) != shape or out.dtype != dtype)
-        if bad:
-            self._error = CommError(
-                f"{comm._describe()}: recv from rank {src} (tag {self._tag}): rank {src} sent "
-                f"shape {shape} dtype {dtype}, but out= has shape {tuple(out.shape)} dtype {out.dtype}"
-            )
-        if seq < 0:  # the payload came inside the header message
-            if not bad:
-                y = out if out is not None and out.flags.c_contiguous else np.empty(shape, dtype)
-                _bytes(y)[:] = self._rbuf[off : off + nbytes]
-                if out is not None and y is not out:
-                    out[...] = y
-                    y = out
-                self._result = y
-            self._rbuf = None
-            self._done = True
-            return
+        self._result, self._error, into, seq = _plan(comm, self._rbuf, src, self._tag, self._out)
         self._rbuf = None
-        if bad:  # drain the payload so the sender does not hang, then report
-            y = np.empty(nbytes, np.uint8)
-        elif out is not None and out.flags.c_contiguous:
-            y = out
+        if into is None:
+            self._done = True
         else:
-            y = np.empty(shape, dtype)
-        self._result = y
-        self._preq = comm._dc.Irecv([_bytes(y), _mpi().BYTE], src, seq)
+            self._preq = comm._dc.Irecv([_bytes(into), _mpi().BYTE], src, seq)
 
     def _finish(self):
         self._preq = None
@@ -252,127 +265,11 @@ def _install_excepthook():
                     f"{etype.__name__}; calling MPI_Abort so the other ranks do not hang\n"
                 )
                 sys.stderr.flush()
+                time.sleep(0.1)  # let mpiexec forward this rank's last output first
                 world.Abort(1)
 
     sys.excepthook = hook
 
-
-def _mpi_op(op):
-    MPI = _mpi()
-    return {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD}[op]
-
-
-def _mpi_reducible(dtype, op):
-    """Can MPI reduce this dtype with this op directly? (Otherwise mlscale's algorithm runs.)"""
-    if dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8):
-        return True
-    if dtype.kind == "f" and dtype.itemsize in (4, 8):
-        return True
-    return dtype.kind == "c" and dtype.itemsize in (8, 16) and op in ("sum", "mean", "prod")
-
-
-def _fallback(name, comm, x, *args):
-    algo = default_algorithm(name, comm, x)
-    return ALGORITHMS[name][algo](comm, x, *args)
-
-
-# ---------------------------------------------------------------------- native collectives
-def _native_all_reduce(comm, x, op, out=None):
-    if not _mpi_reducible(x.dtype, op):
-        return _fallback("all_reduce", comm, x, op)
-    MPI = _mpi()
-    fits = (out is not None and out.flags.c_contiguous and out.shape == x.shape
-            and out.dtype == x.dtype and (op != "mean" or x.dtype.kind in "fc"))
-    if fits and out is x:
-        comm._hc.Allreduce(MPI.IN_PLACE, out, op=_mpi_op(op))
-        y = out
-    else:
-        y = out if fits and not np.shares_memory(out, x) else np.empty_like(x)
-        comm._hc.Allreduce(x, y, op=_mpi_op(op))
-    return finish(y, op, comm.world_size)
-
-
-_native_all_reduce.accepts_out = True
-
-
-def _split_counts(n, p):
-    q, r = divmod(n, p)
-    return [q + 1 if i < r else q for i in range(p)]
-
-
-def _native_reduce_scatter(comm, x, op):
-    if not _mpi_reducible(x.dtype, op):
-        return _fallback("reduce_scatter", comm, x, op)
-    counts = _split_counts(x.size, comm.world_size)
-    y = np.empty(counts[comm.rank], x.dtype)
-    comm._hc.Reduce_scatter(x.reshape(-1), y, counts, op=_mpi_op(op))
-    return finish(y, op, comm.world_size)
-
-
-def _native_all_gather(comm, x, counts):
-    MPI = _mpi()
-    row = x.dtype.itemsize * (int(np.prod(x.shape[1:])) if x.ndim > 1 else 1)
-    nb = [int(c) * row for c in counts]
-    displs = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(int).tolist()
-    y = np.empty((int(sum(counts)),) + tuple(x.shape[1:]), x.dtype)
-    comm._hc.Allgatherv([_bytes(x), MPI.BYTE], [_bytes(y), nb, displs, MPI.BYTE])
-    return y
-
-
-def _native_broadcast(comm, x, root):
-    y = x.copy() if comm.rank == root else np.empty_like(x)
-    comm._hc.Bcast([_bytes(y), _mpi().BYTE], root)
-    return y
-
-
-def _native_reduce(comm, x, root, op):
-    if not _mpi_reducible(x.dtype, op):
-        return _fallback("reduce", comm, x, root, op)
-    y = np.empty_like(x) if comm.rank == root else None
-    comm._hc.Reduce(x, y, op=_mpi_op(op), root=root)
-    return finish(y, op, comm.world_size) if comm.rank == root else None
-
-
-def _native_gather(comm, x, root):
-    MPI = _mpi()
-    metas = comm._hc.gather((x.shape, x.dtype.str), root)
-    if comm.rank != root:
-        comm._hc.Gatherv([_bytes(x), MPI.BYTE], None, root)
-        return None
-    outs = [np.empty(s, np.dtype(d)) for s, d in metas]
-    nb = [a.nbytes for a in outs]
-    displs = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(int).tolist()
-    flat = np.empty(int(sum(nb)), np.uint8)
-    comm._hc.Gatherv([_bytes(x), MPI.BYTE], [flat, nb, displs, MPI.BYTE], root)
-    for a, d, n in zip(outs, displs, nb):
-        _bytes(a)[:] = flat[d : d + n]
-    return outs
-
-
-def _native_scatter(comm, xs, root):
-    MPI = _mpi()
-    metas = [(a.shape, a.dtype.str) for a in xs] if comm.rank == root else None
-    shape, dt = comm._hc.scatter(metas, root)
-    y = np.empty(shape, np.dtype(dt))
-    if comm.rank == root:
-        nb = [a.nbytes for a in xs]
-        displs = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(int).tolist()
-        flat = np.concatenate([_bytes(a) for a in xs]) if xs else np.empty(0, np.uint8)
-        comm._hc.Scatterv([flat, nb, displs, MPI.BYTE], [_bytes(y), MPI.BYTE], root)
-    else:
-        comm._hc.Scatterv(None, [_bytes(y), MPI.BYTE], root)
-    return y
-
-
-_NATIVE = {
-    "all_reduce": _native_all_reduce,
-    "reduce_scatter": _native_reduce_scatter,
-    "all_gather": _native_all_gather,
-    "broadcast": _native_broadcast,
-    "reduce": _native_reduce,
-    "gather": _native_gather,
-    "scatter": _native_scatter,
-}
 
 
 def _ranks(rs):
@@ -413,6 +310,8 @@ class MPIComm(Communicator):
 
     def __init__(self, comm=None, check=True):
         MPI = _mpi()
+        if isinstance(comm, Communicator):  # an mlscale communicator: use its MPI one
+            comm = getattr(comm, "mpi_comm", None) or getattr(comm, "_mpi").mpi_comm
         base = MPI.COMM_WORLD if comm is None else comm
         super().__init__(base.Get_rank(), base.Get_size(), np)
         self.check = bool(check)
@@ -421,6 +320,7 @@ class MPIComm(Communicator):
         self._tag_ub = int(self._hc.Get_attr(MPI.TAG_UB))
         self._seq = [0] * self.world_size
         self._pending: list[_RecvRequest] = []  # irecvs whose header is not read yet
+        self._scratch = np.empty(_RBUF, np.uint8)  # blocking receives read headers here
         self._t0 = MPI.Wtime()
         _install_excepthook()
 
@@ -459,21 +359,23 @@ class MPIComm(Communicator):
     def _post_send(self, buf, dst, tag):
         """Start sending; return (MPI requests, buffers to keep alive)."""
         MPI = _mpi()
-        if buf.nbytes <= INLINE_BYTES:
-            h = _make_header(buf, -1)
-            off = _pad16(h.nbytes)
-            msg = np.empty(off + buf.nbytes, np.uint8)
-            msg[: h.nbytes] = h.view(np.uint8)
+        if buf.nbytes <= INLINE_BYTES:  # one message: header, then the bytes
+            msg, off = _make_header(buf, -1, buf.nbytes)
             msg[off:] = _bytes(buf)
             return [self._hc.Isend([msg, MPI.BYTE], dst, tag)], msg
         seq = self._seq[dst]
         self._seq[dst] = (seq + 1) % self._tag_ub
-        h = _make_header(buf, seq)
+        h, _ = _make_header(buf, seq)
         r1 = self._hc.Isend([h, MPI.BYTE], dst, tag)
         r2 = self._dc.Isend([_bytes(buf), MPI.BYTE], dst, seq)
         return [r1, r2], (h, buf)
 
     def _send(self, buf, dst, tag):
+        if buf.nbytes <= INLINE_BYTES and not self._pending:  # fast path: one eager Send
+            msg, off = _make_header(buf, -1, buf.nbytes)
+            msg[off:] = _bytes(buf)
+            self._hc.Send([msg, _mpi().BYTE], dst, tag)
+            return
         reqs, keep = self._post_send(buf, dst, tag)
         self._wait(reqs)
         del keep
@@ -496,7 +398,21 @@ class MPIComm(Communicator):
             sreq.wait()
 
     def _recv(self, src, tag, out):
-        return _RecvRequest(self, src, tag, out).wait()
+        if self._pending:  # irecvs wait for their headers: keep reading them meanwhile
+            return _RecvRequest(self, src, tag, out).wait()
+        MPI = _mpi()  # fast path: blocking receives into a buffer kept for the purpose
+        st = MPI.Status()
+        self._hc.Recv([self._scratch, MPI.BYTE], src, tag, st)
+        src = st.Get_source()
+        y, error, into, seq = _plan(self, self._scratch, src, tag, out)
+        if into is not None:
+            self._dc.Recv([_bytes(into), MPI.BYTE], src, seq)
+            if error is None and out is not None and y is not out:
+                out[...] = y
+                y = out
+        if error is not None:
+            raise error
+        return y
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
         """Blocking receive from rank ``src`` (or :data:`ANY_SOURCE`); ``timeout`` in
@@ -544,7 +460,9 @@ class MPIComm(Communicator):
         return [e for _, e in everyone]
 
     def _native(self, name):
-        return _NATIVE.get(name)
+        from ._mpi_native import NATIVE
+
+        return NATIVE.get(name)
 
     def barrier(self):
         if self._pending:
@@ -588,4 +506,4 @@ def launch_mpi(fn, world_size, args=(), device="cpu", timeout=None, **kwargs):
     return launch_processes(fn, world_size, args, engine="mpi", timeout=timeout, **kwargs)
 
 
-__all__ = ["MPIComm", "launch_mpi", "INLINE_BYTES", "check_op"]
+__all__ = ["MPIComm", "launch_mpi", "INLINE_BYTES"]
