@@ -15,23 +15,15 @@ import os
 import platform
 import sys
 
-BUSBW_FACTOR = {
-    "all_reduce": lambda p: 2 * (p - 1) / p,
-    "reduce_scatter": lambda p: (p - 1) / p,
-    "all_gather": lambda p: (p - 1) / p,
-    "broadcast": lambda p: 1.0,
-    "reduce": lambda p: 1.0,
-}
+from ..collectives.cost import BUSBW_FACTOR, algbw, busbw  # noqa: F401  (nccl-tests' definitions)
 
 
-def algbw(nbytes, seconds):
-    """Algorithm bandwidth S / t in bytes per second."""
-    return nbytes / seconds
-
-
-def busbw(collective, p, nbytes, seconds):
-    """Bus bandwidth: algbw times the collective's factor (nccl-tests)."""
-    return algbw(nbytes, seconds) * BUSBW_FACTOR[collective](p)
+def emit(text, path=None):
+    """Print a benchmark's report, and write it to ``path`` too when given (--out)."""
+    sys.stdout.write(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def fmt_bytes(n):

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from . import emit
+
 FUSED_ADAM_TARGET_SPEEDUP = 4.0
 FUSED_ADAM_TARGET_BOUND = 0.70
 
@@ -220,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", "### GPU", ""] + gpu_lines(n, repeats, rng)
     else:
         lines += ["", "### GPU", "", "No GPU with cupy here: GPU table not measured."]
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

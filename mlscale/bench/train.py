@@ -33,6 +33,7 @@ import numpy as np
 
 from ..collectives import cost
 from ..train import DataParallel
+from . import emit
 
 SIZES = (64, 256, 256, 10)  # the digits MLP: 85k parameters, 338 KiB of float32 gradients
 BATCH_PER_RANK = 64
@@ -344,11 +345,7 @@ def main(argv=None):
     lines += predicted_lines(clusters)
     lines += ["", f"(mlscale bench train{' --quick' if args.quick else ''}: "
               f"{time.perf_counter() - t_start:.1f} s)"]
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

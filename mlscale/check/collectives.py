@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..comm import CommError, DeadlockError, NetworkModel, launch
+from ..comm import NetworkModel, launch
 from . import solutions
-from .core import CheckResult, register
+from .core import NOT_IMPLEMENTED, CheckResult, register, run_case
 
 RING_HINT = """\
 Ring all-reduce in two phases, each p-1 steps; every rank sends right and receives left:
@@ -49,19 +49,10 @@ def ring_all_reduce(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
                     x = xs[comm.rank].copy()
                     return fn(comm, x)
 
-                try:
-                    out = launch(prog, p, network=net)
-                except NotImplementedError:
-                    res.not_implemented = True
-                    return _done(res, verbose)
-                except DeadlockError as e:
-                    res.failures.append(f"{case}: deadlock - {str(e).splitlines()[1].strip()} ...")
-                    continue
-                except CommError as e:
-                    res.failures.append(f"{case}: {type(e).__name__}: {e}")
-                    continue
-                except Exception as e:  # noqa: BLE001 - a learner's bug, reported
-                    res.failures.append(f"{case}: your function raised {type(e).__name__}: {e}")
+                out = run_case(res, case, lambda: launch(prog, p, network=net))
+                if out is NOT_IMPLEMENTED:
+                    return res.done(verbose)
+                if out is None:
                     continue
                 bad = _check_values(out, want, dtype)
                 if bad:
@@ -70,13 +61,7 @@ def ring_all_reduce(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
                 bad = _check_traffic(out.trace, p, n, np.dtype(dtype).itemsize)
                 if bad:
                     res.failures.append(f"{case}: {bad}")
-    return _done(res, verbose)
-
-
-def _done(res, verbose):
-    if verbose:
-        print(res.summary())
-    return res
+    return res.done(verbose)
 
 
 def _check_values(out, want, dtype):

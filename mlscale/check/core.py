@@ -42,10 +42,39 @@ class CheckResult:
     def __repr__(self):
         return self.summary()
 
+    def done(self, verbose=True):
+        """Print the summary (if verbose) and return self: how every checker ends."""
+        if verbose:
+            print(self.summary())
+        return self
+
     def raise_if_failed(self):
         if not self.passed:
             raise AssertionError(self.summary())
         return self
+
+
+NOT_IMPLEMENTED = object()
+
+
+def run_case(res, case, run, deadlock_hint=""):
+    """Run one case of a checker (``run()`` launches the learner's code). Returns what
+    it returned; or records why it failed in ``res`` and returns None; or returns
+    NOT_IMPLEMENTED when the learner's function is still a stub."""
+    from ..comm import CommError, DeadlockError
+
+    try:
+        return run()
+    except NotImplementedError:
+        res.not_implemented = True
+        return NOT_IMPLEMENTED
+    except DeadlockError as e:
+        res.failures.append(f"{case}: deadlock - {str(e).splitlines()[1].strip()} ...{deadlock_hint}")
+    except CommError as e:
+        res.failures.append(f"{case}: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - a learner's bug, reported
+        res.failures.append(f"{case}: your function raised {type(e).__name__}: {e}")
+    return None
 
 
 HINTS = {}

@@ -18,9 +18,9 @@ import inspect
 
 import numpy as np
 
-from ..comm import CommError, DeadlockError, NetworkModel, launch
+from ..comm import NetworkModel, launch
 from . import solutions
-from .core import CheckResult, register
+from .core import NOT_IMPLEMENTED, CheckResult, register, run_case
 
 DP_HINT = """\
 After backward, every rank holds the gradient of ITS slice of the global batch. The
@@ -136,20 +136,11 @@ def data_parallel_step(fn, world_sizes=WORLD_SIZES, verbose=True):
                     model.params -= LR * model.grads
                 return steps, model.params.copy()
 
-            try:
-                out = launch(prog, p, network=net)
-            except NotImplementedError:
-                res.not_implemented = True
-                return _done(res, verbose)
-            except DeadlockError as e:
-                res.failures.append(f"{case}: deadlock - {str(e).splitlines()[1].strip()} ... "
-                                    "(every rank must all-reduce the same buckets in the same order)")
-                continue
-            except CommError as e:
-                res.failures.append(f"{case}: {type(e).__name__}: {e}")
-                continue
-            except Exception as e:  # noqa: BLE001 - a learner's bug, reported
-                res.failures.append(f"{case}: your function raised {type(e).__name__}: {e}")
+            out = run_case(res, case, lambda: launch(prog, p, network=net),
+                           " (every rank must all-reduce the same buckets in the same order)")
+            if out is NOT_IMPLEMENTED:
+                return res.done(verbose)
+            if out is None:
                 continue
             bad = _diagnose(out, p, want_grads, want_params, slots)
             if bad is None and three:
@@ -160,17 +151,11 @@ def data_parallel_step(fn, world_sizes=WORLD_SIZES, verbose=True):
             if bad:
                 res.failures.append(f"{case}: {bad}")
     res.failures += counts
-    return _done(res, verbose)
+    return res.done(verbose)
 
 
 def _is_array(x):
     return x is not None and hasattr(x, "shape") and hasattr(x, "dtype")
-
-
-def _done(res, verbose):
-    if verbose:
-        print(res.summary())
-    return res
 
 
 def _close(a, b):
