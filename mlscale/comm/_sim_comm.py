@@ -1,0 +1,170 @@
+"""A rank's communicator on the sim engine, and its request handles."""
+from __future__ import annotations
+
+from ._sim_mail import _Rendezvous
+from ._sim_state import DONE
+from .base import Communicator, Request
+from .errors import CommError
+
+
+class _SendRequest(Request):
+    __slots__ = ("sim", "R", "end")
+
+    def __init__(self, sim, R, end):
+        self.sim, self.R, self.end = sim, R, end
+
+    def wait(self):
+        self.sim.complete_send(self.R, self.end, "isend().wait()")
+
+    def test(self):
+        end = self.end.end if isinstance(self.end, _Rendezvous) else self.end
+        return end is not None and self.R.clock >= end
+
+
+class _RecvRequest(Request):
+    __slots__ = ("comm", "src", "tag", "idx", "out", "done", "value")
+
+    def __init__(self, comm, src, tag, idx, out):
+        self.comm, self.src, self.tag, self.idx, self.out = comm, src, tag, idx, out
+        self.done, self.value = False, None
+
+    def wait(self):
+        if not self.done:
+            c = self.comm
+            self.value = c.sim.take(
+                c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
+                f"irecv(src={self.src}, tag={self.tag}).wait()",
+            )
+            self.done = True
+        return self.value
+
+    def test(self):
+        c = self.comm
+        item = c.sim._box(c.ctx, c.group[self.src], c._R.rank, self.tag).msgs.get(self.idx)
+        return self.done or (item is not None and item[0] <= c._R.clock)
+
+
+class _TaskRequest(Request):
+    __slots__ = ("sim", "R", "T")
+
+    def __init__(self, sim, R, T):
+        self.sim, self.R, self.T = sim, R, T
+
+    def wait(self):
+        return self.sim.join(self.R, self.T)
+
+    def test(self):
+        return self.T.state == DONE and self.T.clock <= self.R.clock
+
+
+class SimComm(Communicator):
+    """A rank's view of the simulated world (or of a ``split`` sub-group of it)."""
+
+    backend = "sim"
+    prefers_out = False
+
+    def __init__(self, sim, rank, world_size, ctx, group):
+        super().__init__(rank, world_size, sim.xp)
+        self.sim = sim
+        self.ctx = ctx
+        self.group = group  # local rank -> global rank
+        self._R = sim.ranks[group[rank]]
+        self._stream = None
+        self._last_task = None
+
+    @property
+    def clock(self):
+        """This rank's virtual time, in seconds."""
+        return self._R.clock
+
+    @property
+    def network(self):
+        return self.sim.net
+
+    def compute(self, seconds=None, flops=None, label="compute"):
+        """Spend ``seconds`` (or ``flops`` at the modelled FLOP/s) of virtual compute,
+        slowed by this rank's ``NetworkModel.speeds`` factor."""
+        if seconds is None and flops is None:
+            raise CommError("compute() needs seconds= or flops=")
+        s = (seconds or 0.0) + (flops or 0.0) / self.sim.net.flops
+        self.sim.compute(self._R, s, label)
+
+    def _charge_reduce(self, nbytes):
+        g = self.sim.net.gamma
+        if g:
+            self.sim.compute(self._R, nbytes * g, "reduce")
+
+    def _send(self, buf, dst, tag):
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
+        self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})")
+
+    def _isend(self, buf, dst, tag):
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
+        return _SendRequest(self.sim, self._R, end)
+
+    def start(self, fn, *args):
+        """Run ``fn(stream_comm, *args)`` in the background on this rank's communication
+        stream and return a Request; ``wait()`` returns fn's result. Tasks on a stream
+        run one after another, from the virtual time they were started, while this rank
+        goes on computing: that is how DDP overlaps the all-reduce of one bucket of
+        gradients with the backward pass of the layers below it. Every rank must start
+        the same collectives in the same order."""
+        if self._stream is None:
+            self._stream = SimComm(self.sim, self.rank, self.world_size, self.ctx + ("stream",), self.group)
+        T = self.sim.spawn(self._R, self._stream, fn, args)
+        return _TaskRequest(self.sim, self._R, T)
+
+    def _isend_given(self, buf, dst, tag):
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
+        return _SendRequest(self.sim, self._R, end)
+
+    def _post_recv(self, src, tag):
+        return self.sim.post_recv(self._R, self.ctx, self.group[src], tag)
+
+    def _recv(self, src, tag, out, timeout=None):
+        idx = self._post_recv(src, tag)
+        deadline = None if timeout is None else self._R.clock + timeout
+        return self.sim.take(
+            self._R, self.ctx, self.group[src], tag, idx, out, deadline, f"recv(src={src}, tag={tag})"
+        )
+
+    def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
+        """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``."""
+        src = self._check_peer(src, "src")
+        tag = self._check_tag(tag, _internal)
+        return self._recv(src, tag, out, timeout)
+
+    def _irecv(self, src, tag, out):
+        return _RecvRequest(self, src, tag, self._post_recv(src, tag), out)
+
+    def recv_any(self, tag=0, out=None, timeout=None):
+        """Receive the first message to arrive from any rank: returns ``(src, array)``."""
+        tag = self._check_tag(tag)
+        deadline = None if timeout is None else self._R.clock + timeout
+        gsrc, arr = self.sim.take_any(self._R, self.ctx, tag, out, deadline)
+        return self.group.index(gsrc), arr
+
+    def _agree(self, signature, extra=None):
+        return self.sim.agree(self, signature, extra)
+
+    def _release(self, arr):
+        self.sim.recycle(arr)
+
+    def barrier(self):
+        from ..collectives.rooted import barrier_dissemination
+
+        with self.label("barrier"):
+            barrier_dissemination(self)
+
+    def split(self, color, key=None):
+        """Sub-communicators (MPI_Comm_split): ranks with the same ``color`` form a
+        group ordered by ``(key, rank)``; ``color=None`` gets None back."""
+        seq = self._coll_seq
+        extras = self._agree(("split", None, None, None, None, None), (color, self.rank if key is None else key))
+        self._coll_seq += 1
+        if color is None:
+            return None
+        members = sorted((k, r) for r, (c, k) in enumerate(extras) if c == color)
+        group = [self.group[r] for _, r in members]
+        new_rank = [r for _, r in members].index(self.rank)
+        return SimComm(self.sim, new_rank, len(group), ctx=self.ctx + ((seq, color),), group=group)

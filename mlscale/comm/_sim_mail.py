@@ -1,0 +1,230 @@
+"""Messages in the sim engine: mailboxes, eager and rendezvous sends, the ports.
+
+A message from src to dst leaves when both src's outgoing port and dst's incoming port
+are free and takes ``alpha + nbytes * beta`` (``NetworkModel``). Up to the eager limit
+a send returns once its data is on the wire; above it, the data moves only once the
+receiver has posted the matching receive (MPI's rendezvous protocol).
+"""
+import heapq
+
+import numpy as np
+
+from ._sim_state import _RESUME, BLOCKED, DEAD, DONE, READY
+from .errors import CommError, DeadlockError, RankFailure, TimeoutError
+from .trace import Message
+
+
+class _Box:
+    """FIFO of messages on one (context, src, dst, tag): message k matches receive k."""
+
+    __slots__ = ("msgs", "nsent", "nposted", "waiting", "posted_at")
+
+    def __init__(self):
+        self.msgs = {}  # k -> (arrival time, payload)
+        self.nsent = 0
+        self.nposted = 0
+        self.waiting = {}  # k -> _Rendezvous: sent above the eager limit, no receive posted yet
+        self.posted_at = {}  # k -> time receive k was posted, while its message has not come
+
+
+class _Rendezvous:
+    """A send above the eager limit: the data moves only once the receiver has posted
+    the matching receive (MPI's rendezvous protocol), and the send completes after."""
+
+    __slots__ = ("R", "ctx", "dst", "tag", "payload", "label", "sent_at", "end")
+
+    def __init__(self, R, ctx, dst, tag, payload, label):
+        self.R, self.ctx, self.dst, self.tag, self.payload, self.label = R, ctx, dst, tag, payload, label
+        self.sent_at = R.clock
+        self.end = None
+
+
+class Mailboxes:
+    """The message half of :class:`~mlscale.comm.sim.Simulator` (a mixin)."""
+
+    def _box(self, ctx, src, dst, tag):
+        key = (ctx, src, dst, tag)
+        box = self.boxes.get(key)
+        if box is None:
+            box = self.boxes[key] = _Box()
+            self.by_dst.setdefault((ctx, dst, tag), {})[src] = box
+        return box
+
+    def post(self, R, ctx, dst, tag, buf, label, given=False):
+        """Put a message on the wire from R to global rank dst; return its arrival time."""
+        self._sync(R)
+        D = self.ranks[dst]
+        if D.state == DEAD:
+            raise RankFailure(
+                f"rank {R.rank} sent to rank {dst} (tag {tag}), which died at t={D.died_at:.6g} s",
+                failed_rank=dst,
+            )
+        nbytes = buf.nbytes
+        limit = self.net.eager_limit
+        if limit is not None and nbytes > limit:
+            return self._post_rendezvous(R, ctx, dst, tag, buf, label, given)
+        return self._transfer(R, R.clock, ctx, dst, tag, buf if given else self._snapshot(buf), label)
+
+    def _transfer(self, R, ready, ctx, dst, tag, payload, label, idx=None):
+        """Move payload from R's rank to dst, starting no earlier than ``ready``, in the
+        order of the ports; deliver it to the box as message ``idx`` (the next one if
+        None). Returns the arrival time."""
+        nbytes = payload.nbytes
+        start = max(ready, self.egress[R.rank], self.ingress[dst])
+        end = start + self.net.message_time(R.rank, dst, nbytes)
+        if R.death is not None and end > R.death:  # dies mid-transfer: the message is lost
+            self.advance(R, float(R.death))
+        self.egress[R.rank] = self.ingress[dst] = end
+        drop_at = self.net.drops.get((R.rank, dst)) if self.net.drops else None
+        dropped = drop_at is not None and start >= drop_at
+        if self.record:
+            self.trace.messages.append(Message(start, end, R.rank, dst, nbytes, tag, label, dropped))
+        if dropped:
+            self.ndropped[(R.rank, dst)] = self.ndropped.get((R.rank, dst), 0) + 1
+            return end
+        box = self._box(ctx, R.rank, dst, tag)
+        if idx is None:
+            idx = box.nsent
+            box.nsent += 1
+        box.msgs[idx] = (end, payload)
+        box.posted_at.pop(idx, None)
+        for E in self.members[dst]:
+            if E.state == BLOCKED:
+                self._wake(E, end)
+        return end
+
+    def _post_rendezvous(self, R, ctx, dst, tag, buf, label, given):
+        box = self._box(ctx, R.rank, dst, tag)
+        rdv = _Rendezvous(R, ctx, dst, tag, buf if given else self._snapshot(buf), label)
+        idx = box.nsent
+        box.nsent += 1
+        if idx in box.posted_at:  # the receive is already there
+            self._match(box, idx, rdv, box.posted_at[idx])
+        else:
+            box.waiting[idx] = rdv
+        return rdv
+
+    def _match(self, box, idx, rdv, posted):
+        """Receive ``idx`` meets its rendezvous send: the transfer can start."""
+        box.waiting.pop(idx, None)
+        ready = max(rdv.sent_at, posted)
+        rdv.end = self._transfer(rdv.R, ready, rdv.ctx, rdv.dst, rdv.tag, rdv.payload, rdv.label, idx=idx)
+        self._wake(rdv.R, rdv.end)
+
+    def post_recv(self, R, ctx, src, tag):
+        """Post receive number k on (ctx, src -> R, tag); returns k."""
+        box = self._box(ctx, src, R.rank, tag)
+        idx = box.nposted
+        box.nposted += 1
+        rdv = box.waiting.get(idx)
+        if rdv is not None:
+            self._match(box, idx, rdv, R.clock)
+        elif idx not in box.msgs:
+            box.posted_at[idx] = R.clock
+        return idx
+
+    def complete_send(self, R, handle, what):
+        """A blocking send or isend().wait(): R's clock moves to the end of the transfer."""
+        if isinstance(handle, _Rendezvous):
+            while handle.end is None:
+                if self.ranks[handle.dst].state == DEAD:
+                    raise RankFailure(f"rank {R.rank}: {what}: rank {handle.dst} died", failed_rank=handle.dst)
+                self._block(R, f"{what}: {handle.payload.nbytes} B is above the eager limit "
+                               f"({self.net.eager_limit} B), so it waits for rank {handle.dst} to post "
+                               "a matching recv (rendezvous)")
+            handle = handle.end
+        self.advance(R, handle)
+
+    # A message is a snapshot of the sender's buffer (so the sender may reuse it at
+    # once). Large snapshots come from a pool of recycled buffers: fresh memory costs a
+    # page fault per page, which would dominate a simulated all-reduce of 64 MiB.
+    POOL_MIN = 1 << 18
+    POOL_MAX_PER_SIZE = 32
+
+    def _snapshot(self, buf):
+        nb = buf.nbytes
+        if nb < self.POOL_MIN or self.xp is not np:
+            return buf.copy()
+        free = self.pool.get(nb)
+        raw = free.pop() if free else np.empty(nb, dtype=np.uint8)
+        snap = raw.view(buf.dtype).reshape(buf.shape)
+        np.copyto(snap, buf)
+        return snap
+
+    def recycle(self, payload):
+        """Give a received snapshot back to the pool (only for buffers nobody else holds)."""
+        raw = payload.base
+        if raw is not None and raw.dtype == np.uint8 and raw.ndim == 1 and raw.nbytes >= self.POOL_MIN:
+            free = self.pool.setdefault(raw.nbytes, [])
+            if len(free) < self.POOL_MAX_PER_SIZE:
+                free.append(raw)
+
+    def take(self, R, ctx, src, tag, idx, out, deadline, what):
+        """Complete receive number ``idx`` on (ctx, src -> R, tag)."""
+        box = self._box(ctx, src, R.rank, tag)
+        while True:
+            item = box.msgs.get(idx)
+            if item is not None and (deadline is None or item[0] <= deadline):
+                del box.msgs[idx]
+                self.advance(R, item[0])
+                return self._deliver(item[1], out, R.rank, src, tag)
+            S = self.ranks[src]
+            if item is None and S.state == DEAD:
+                self.advance(R, S.died_at)
+                raise RankFailure(
+                    f"rank {R.rank} waited in {what}: rank {src} died at t={S.died_at:.6g} s "
+                    "before sending it", failed_rank=src,
+                )
+            if deadline is not None and (self.now >= deadline or (item is not None)):
+                self.advance(R, deadline)
+                if box.nposted == idx + 1 and item is None:
+                    box.nposted = idx  # cancel the receive, as MPI_Cancel would
+                    box.posted_at.pop(idx, None)
+                raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
+            self._block(R, what, deadline)
+
+    def take_any(self, R, ctx, tag, out, deadline):
+        """Receive the earliest-arriving message from any source (MPI_ANY_SOURCE)."""
+        what = f"recv_any(tag={tag})"
+        while True:
+            best = None
+            for src, box in self.by_dst.get((ctx, R.rank, tag), {}).items():
+                item = box.msgs.get(box.nposted)
+                if item is None and box.nposted in box.waiting:  # a rendezvous send: match it now
+                    t = max(box.waiting[box.nposted].sent_at, R.clock)
+                    if best is None or (t, src) < best[:2]:
+                        best = (t, src, box)
+                elif item is not None and (best is None or (item[0], src) < best[:2]):
+                    best = (item[0], src, box)
+            if best is not None and (deadline is None or best[0] <= deadline):
+                h = self.heap
+                key = max(best[0], R.clock)
+                if h and (h[0][0], h[0][1], h[0][2]) < (key, _RESUME, R.eid):
+                    R.token += 1  # others may still send something that arrives earlier
+                    R.state = READY
+                    heapq.heappush(h, (key, _RESUME, R.eid, R.token))
+                    self._switch_out(R)
+                    continue
+                arrival, src, box = best
+                idx = self.post_recv(R, ctx, src, tag)
+                arrival, payload = box.msgs.pop(idx)
+                self.advance(R, arrival)
+                return src, self._deliver(payload, out, R.rank, src, tag)
+            if deadline is not None and self.now >= deadline:
+                self.advance(R, deadline)
+                raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
+            if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q.rank != R.rank):
+                raise DeadlockError(f"rank {R.rank} waits in {what} but every other rank has finished or died")
+            self._block(R, what, deadline)
+
+    def _deliver(self, payload, out, rank, src, tag):
+        if out is None:
+            return payload
+        if out.shape != payload.shape or out.dtype != payload.dtype:
+            raise CommError(
+                f"rank {rank}: recv(src={src}, tag={tag}) got {payload.shape} {payload.dtype} but out= is "
+                f"{out.shape} {out.dtype}; pass an out= of the sender's shape and dtype"
+            )
+        out[...] = payload
+        self.recycle(payload)
+        return out
