@@ -489,3 +489,14 @@ def test_missing_mpiexec_says_how_to_fix(monkeypatch):
 def test_import_mlscale_does_not_import_mpi4py():
     code = "import sys, mlscale, mlscale.comm.mpi; assert 'mpi4py' not in sys.modules, 'mpi4py imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _read_env(comm, name):
+    return os.environ.get(name)
+
+
+def test_mpiexec_args_reach_mpiexec():
+    # e.g. ["-f", "hosts"] for a hostfile; here MPICH's -genv, which every rank sees
+    res = ms.launch(_read_env, 2, args=("MLSCALE_TEST_VAR",), backend="mpi",
+                    mpiexec_args=["-genv", "MLSCALE_TEST_VAR", "42"], timeout=60)
+    assert list(res) == ["42", "42"]

@@ -23,7 +23,8 @@ class Results(list):
         return max(self.clocks) if self.clocks else None
 
 
-def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, timeout=None, trace=True):
+def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, timeout=None, trace=True,
+           mpiexec_args=()):
     """Call ``fn(comm, *args)`` on ``world_size`` ranks and return their results.
 
     backend  "sim" (default; ranks simulated in this process), "mpi" (MPI processes
@@ -32,6 +33,8 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
              one GPU of this machine; "N logical GPUs on one device")
     network  a ``NetworkModel`` (sim only)
     timeout  wall-clock seconds for mpi/nccl runs
+    mpiexec_args  extra mpiexec arguments for mpi/nccl runs, e.g. ``["-f", "hosts"]``
+             (MPICH) to spread the ranks over the machines of a hostfile
     """
     if not callable(fn):
         raise CommError(f"launch needs a function fn(comm, ...) to run on every rank, got {fn!r}")
@@ -67,11 +70,12 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     if backend == "mpi":
         from .mpi import launch_mpi
 
-        res = Results(launch_mpi(fn, world_size, tuple(args), device=device, timeout=timeout))
+        res = Results(launch_mpi(fn, world_size, tuple(args), device=device, timeout=timeout,
+                                 extra_args=tuple(mpiexec_args)))
     else:
         from .nccl import launch_nccl
 
-        res = Results(launch_nccl(fn, world_size, tuple(args), timeout=timeout))
+        res = Results(launch_nccl(fn, world_size, tuple(args), timeout=timeout, extra_args=tuple(mpiexec_args)))
     res.backend = backend
     return res
 
