@@ -179,3 +179,22 @@ def test_parameter_server_needs_an_optimizer_factory_and_a_worker():
         ms.launch(prog, 2)
     with pytest.raises(ValueError, match="at least one more rank"):
         ms.launch(prog, 1)
+
+
+def _train_on(comm, sync, steps):
+    model = nn.MLP([64, 16, 10], seed=3, dtype=np.float64)
+    hist = train.train(comm, model, lambda t: nn.SGD(t, lr=0.05), X, Y, sync=sync, steps=steps, batch_size=24)
+    return model.params.copy(), hist.updates, hist.role
+
+
+@pytest.mark.mpi
+def test_the_same_training_program_runs_on_mpi_processes():
+    # synchronous data parallel: the same bits on real processes as on simulated ranks
+    sim = ms.launch(_train_on, 3, args=(train.DataParallel(bucket_bytes=2048), 10))
+    mpi = ms.launch(_train_on, 3, args=(train.DataParallel(bucket_bytes=2048), 10), backend="mpi", timeout=120)
+    for (a, _, _), (b, _, _) in zip(sim, mpi):
+        np.testing.assert_array_equal(a, b)
+    # an asynchronous parameter server (any-source receives) on real processes
+    res = ms.launch(_train_on, 3, args=(train.ParameterServer("async"), 5), backend="mpi", timeout=120)
+    assert res[0][2] == "server" and res[0][1] == 2 * 5  # the server applied steps x workers gradients
+    assert all(np.isfinite(p).all() for p, _, _ in res)

@@ -122,7 +122,7 @@ class Communicator:
     def split(self, color, key=None) -> "Communicator":  # pragma: no cover
         raise NotImplementedError
 
-    def compute(self, seconds=None, flops=None):
+    def compute(self, seconds=None, flops=None, label="compute"):
         """Declare compute work. On ``sim`` it advances this rank's virtual clock
         (scaled by the rank's modelled speed); on real engines it does nothing:
         the work itself takes the time."""

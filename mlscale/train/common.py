@@ -81,11 +81,18 @@ class Stepper:
 
     def _charge(self, flops, label):
         if flops > 0:
-            t0 = self.comm.clock
-            self.comm.compute(flops=flops, label=label) if self.comm.backend == "sim" else None
-            self.compute_time += self.comm.clock - t0
+            self.comm.compute(flops=flops, label=label)  # virtual time on sim; real engines: no-op
 
     def loss_and_grad(self, xb, yb, zero_grad=True, on_bucket_ready=None, buckets=None):
+        """Forward and backward on (xb, yb); returns the loss. ``compute_time`` grows by
+        the time it took on ``comm.clock``: modelled on sim, the wall clock elsewhere
+        (where a bucket's all-reduce started during backward runs at once, and counts)."""
+        t0 = self.comm.clock
+        loss = self._loss_and_grad(xb, yb, zero_grad, on_bucket_ready, buckets)
+        self.compute_time += self.comm.clock - t0
+        return loss
+
+    def _loss_and_grad(self, xb, yb, zero_grad, on_bucket_ready, buckets):
         n = len(xb)
         self._charge(n * sum(self.fwd), "forward")
         charged = set()
