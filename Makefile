@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests notebooks/*.ipynb --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=120 -p no:cacheprovider
