@@ -72,7 +72,7 @@ def test_quick_run_prints_tables_and_writes_the_file(tmp_path, capsys):
     assert bt.main(["--quick", "--out", str(out)]) == 0
     elapsed = time.perf_counter() - t0
     text = capsys.readouterr().out
-    assert elapsed < 15, f"--quick took {elapsed:.1f} s"
+    assert elapsed < 60, f"--quick took {elapsed:.1f} s (it should take seconds: a hang guard, not a benchmark)"
     assert out.read_text() == text
     rows = [ln for ln in text.splitlines() if ln.startswith("| sim |")]
     assert len(rows) == 4  # 1 and 2 ranks x (mlscale ring, engine's own)

