@@ -55,6 +55,22 @@ except ImportError as _e:              # pragma: no cover - depends on the insta
 
 IMPLS = ("auto", "reference", "numba", "cuda", "cupy")
 BLOCK = 128                      # threads per block for every CUDA kernel (numba-CUDA and .cu)
+
+
+@cuda.jit(device=True)
+def block_sum(sdata, value):
+    """Sum ``value`` over the threads of a block: a tree in shared memory ``sdata`` (one
+    slot per thread), sequential addressing (Harris's reduce2). Thread 0 gets the total."""
+    tid = cuda.threadIdx.x
+    sdata[tid] = value
+    cuda.syncthreads()
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tid < s:
+            sdata[tid] += sdata[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    return sdata[0]
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 SIM = bool(_numba_config.ENABLE_CUDASIM)   # numba's CUDA simulator is on
 

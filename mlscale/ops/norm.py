@@ -76,16 +76,9 @@ def _sumsq_cuda(x, partials):
         v = float64(x[i])
         acc += v * v
         i += stride
-    sdata[tid] = acc
-    cuda.syncthreads()
-    s = C.BLOCK // 2
-    while s > 0:
-        if tid < s:
-            sdata[tid] += sdata[tid + s]
-        cuda.syncthreads()
-        s //= 2
+    total = C.block_sum(sdata, acc)
     if tid == 0:
-        partials[cuda.blockIdx.x] = sdata[0]
+        partials[cuda.blockIdx.x] = total
 
 
 @cuda.jit

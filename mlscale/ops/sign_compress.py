@@ -99,16 +99,9 @@ def _abs_sum_cuda(x, r, partials):
     while i < x.size:
         acc += float64(abs(x[i] + r[i]))
         i += cuda.gridsize(1)
-    sdata[tid] = acc
-    cuda.syncthreads()
-    s = C.BLOCK // 2
-    while s > 0:
-        if tid < s:
-            sdata[tid] += sdata[tid + s]
-        cuda.syncthreads()
-        s //= 2
+    total = C.block_sum(sdata, acc)
     if tid == 0:
-        partials[cuda.blockIdx.x] = sdata[0]
+        partials[cuda.blockIdx.x] = total
 
 
 @cuda.jit
