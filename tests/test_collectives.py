@@ -128,3 +128,24 @@ def test_large_vector_ring_sum_is_exact_for_integers():
 
     res = ms.launch(prog, 7)
     np.testing.assert_array_equal(res[3], np.arange(100_003, dtype=np.int64) * 21)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS["all_reduce"]) + [None])
+def test_out_receives_the_result(algorithm):
+    def prog(comm):
+        x = np.arange(11, dtype=np.float32) + comm.rank
+        out = np.zeros(11, np.float32)
+        y = comm.all_reduce(x, algorithm=algorithm, out=out)
+        inplace = comm.all_reduce(x, algorithm=algorithm, out=x)  # x's own buffer
+        return y is out, out, inplace is x, x
+
+    for same, out, same_x, x in ms.launch(prog, 3):
+        want = np.arange(11, dtype=np.float32) * 3 + 3
+        assert same and same_x
+        np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(x, want)
+
+
+def test_out_of_the_wrong_dtype_is_a_clear_error():
+    with pytest.raises(ms.CommError, match="mean of integers is float64"):
+        ms.launch(lambda c: c.all_reduce(np.ones(3, np.int32), op="mean", out=np.zeros(3, np.int32)), 2)

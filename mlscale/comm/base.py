@@ -333,11 +333,14 @@ def _bind(fn, name):
 
 
 def _into(out, y):
-    if out is None or y is out or (y.base is not None and y.base is out.base and y.base is not None):
-        return y if out is None else out
+    """The result ``y``, copied into ``out`` when one was given (an algorithm that took
+    ``out`` already returns it)."""
+    if out is None or y is out:
+        return y
     if tuple(out.shape) != tuple(y.shape) or out.dtype != y.dtype:
         raise CommError(
-            f"out= has shape {tuple(out.shape)} {out.dtype}, the result is {tuple(y.shape)} {y.dtype}"
+            f"out= has shape {tuple(out.shape)} {out.dtype}, the result is {tuple(y.shape)} {y.dtype}: "
+            "pass an out= of the result's shape and dtype (mean of integers is float64), or none"
         )
     out[...] = y
     return out
