@@ -149,23 +149,11 @@ def doctor(check_mpi=True, verbose=True) -> Report:
     r.numpy = _version("numpy")
     r.numba = _version("numba")
     r.numba_cuda = _version("numba_cuda")
-    if r.numba:
-        try:
-            from numba.cuda import simulator  # noqa: F401
-
-            r.cuda_simulator = True
-        except Exception:  # noqa: BLE001
-            r.cuda_simulator = False
+    r.cuda_simulator = bool(r.numba) and _version("numba.cuda.simulator") is not None
     r.gpus = _gpus()
     if r.gpus:
         r.cupy = _version("cupy")
-        if r.cupy:
-            try:
-                from cupy.cuda import nccl  # noqa: F401
-
-                r.nccl = True
-            except Exception:  # noqa: BLE001
-                r.nccl = False
+        r.nccl = bool(r.cupy) and _version("cupy.cuda.nccl") is not None
     r.mpiexec = find_mpiexec()
     r.mpi4py = _version("mpi4py")
     if r.mpiexec and r.mpi4py and check_mpi:

@@ -23,11 +23,10 @@ import contextlib
 import numpy as np
 
 from ..collectives import ALGORITHMS, default_algorithm
-from ..collectives._p2p import MAX_TAG, TAG as COLL_TAG
+from ..collectives._p2p import MAX_TAG
 from ..collectives._reduce_ops import check_op, get_xp
 from .errors import CommError
 
-#: user tags must lie in [0, MAX_TAG); collectives use tags above it
 ANY_SOURCE = -1
 
 

@@ -74,9 +74,6 @@ class Stepper:
         layers = model.layers
         self.fwd = [lay.flops_per_sample(backward=False) for lay in layers]
         self.bwd = [lay.flops_per_sample(backward=True) - f for lay, f in zip(layers, self.fwd)]
-        self.first_slot = {}
-        for s in model.slots:
-            self.first_slot.setdefault(s.layer, s.name)
         self.compute_time = 0.0
 
     def _charge(self, flops, label):
