@@ -4,7 +4,7 @@ Each function takes ``(comm, ...)`` and works on any engine and any world size
 (1, 3, 5, 7 included) and any length (smaller than world_size, not divisible by it).
 :mod:`mlscale.collectives.cost` holds the alpha-beta-gamma model of each one.
 """
-from . import allreduce, rooted, gathers  # noqa: F401
+from . import allreduce, gathers, hierarchical, rooted  # noqa: F401
 
 ALGORITHMS = {
     "all_reduce": {

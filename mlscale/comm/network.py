@@ -51,6 +51,27 @@ class NetworkModel:
         if self.flops <= 0:
             raise ValueError(f"NetworkModel.flops={self.flops!r} must be > 0 (FLOP/s)")
 
+    @classmethod
+    def cluster(cls, ranks_per_node, intra=(1e-6, 1 / 200e9), inter=(5e-6, 1 / 25e9), **kwargs):
+        """A cluster of nodes with ``ranks_per_node`` GPUs each, ranks numbered node by
+        node (rank // ranks_per_node is the node). ``intra``: (alpha, beta) inside a node
+        (default NVLink-like: 1 us, 200 GB/s); ``inter``: between nodes (default
+        InfiniBand-like: 5 us, 25 GB/s, one network card per GPU). Other keyword
+        arguments go to NetworkModel (gamma, speeds, failures, ...)."""
+        if int(ranks_per_node) != ranks_per_node or ranks_per_node < 1:
+            raise ValueError(f"NetworkModel.cluster: ranks_per_node must be a whole number >= 1, got {ranks_per_node!r}")
+        for name, pair in (("intra", intra), ("inter", inter)):
+            if len(pair) != 2 or min(pair) < 0:
+                raise ValueError(f"NetworkModel.cluster: {name} must be (alpha seconds, beta seconds/byte) >= 0, got {pair!r}")
+        g = int(ranks_per_node)
+        intra, inter = tuple(map(float, intra)), tuple(map(float, inter))
+        return cls(alpha=inter[0], beta=inter[1], links=_TwoLevel(g, intra, inter), **kwargs)
+
+    @property
+    def ranks_per_node(self):
+        """Ranks per node of a :meth:`cluster` model; None for a flat network."""
+        return self.links.ranks_per_node if isinstance(self.links, _TwoLevel) else None
+
     def link(self, src: int, dst: int):
         """(alpha, beta) of the link src -> dst."""
         if self.links is None:
@@ -85,3 +106,17 @@ class NetworkModel:
             raise ValueError(f"NetworkModel.speeds has {len(self.speeds)} entries for {world_size} ranks")
         for r in range(world_size):
             self.speed(r)
+
+
+@dataclass(frozen=True)
+class _TwoLevel:
+    """links= of NetworkModel.cluster: fast inside a node, slow between nodes (a class,
+    not a lambda, so a model pickles for the mpi engine and prints readably)."""
+
+    ranks_per_node: int
+    intra: tuple
+    inter: tuple
+
+    def __call__(self, src, dst):
+        same = src // self.ranks_per_node == dst // self.ranks_per_node
+        return self.intra if same else self.inter

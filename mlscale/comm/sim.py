@@ -284,13 +284,19 @@ class Simulator(Mailboxes):
 
 def _mismatch_message(comm, other, theirs, mine):
     names = ("collective", "shape", "dtype", "op", "algorithm", "root")
+    sub = list(comm.group) != list(range(len(comm.group)))  # a split() communicator
+
+    def who(r):
+        return f"rank {r} (global rank {comm.group[r]})" if sub else f"rank {r}"
+
     diffs = [
-        f"{n}: rank {other} passed {a!r}, rank {comm.rank} passed {b!r}"
+        f"{n}: {who(other)} passed {a!r}, {who(comm.rank)} passed {b!r}"
         for n, a, b in zip(names, theirs, mine)
         if a != b
     ]
+    where = f"a sub-communicator of global ranks {list(comm.group)}" if sub else f"{comm.world_size} ranks"
     return (
-        f"collective #{comm._coll_seq} on {comm.world_size} ranks: ranks disagree ("
+        f"collective #{comm._coll_seq} on {where}: ranks disagree ("
         + "; ".join(diffs)
         + "). Every rank must call the same collective, in the same order, with the same "
         "shape, dtype, op, algorithm and root."

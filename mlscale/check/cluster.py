@@ -1,0 +1,95 @@
+"""Checker for the many-machines exercise (notebook 11): a two-level all-reduce."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..comm import NetworkModel, launch
+from .core import NOT_IMPLEMENTED, CheckResult, register, run_case
+
+HINT = """\
+Three collectives on two sub-communicators (ranks are numbered node by node):
+  node, local = divmod(comm.rank, ranks_per_node)
+  intra = comm.split(node, key=local)      # the ranks of my node
+  inter = comm.split(local, key=node)      # my counterparts, one on every node
+  1. shard = intra.reduce_scatter(x)                      # fast links: my 1/g of the node's sum
+  2. shard = inter.all_reduce(shard, algorithm="ring")    # slow links: 1/g of the data, g cards at once
+  3. return intra.all_gather(shard).reshape(x.shape)      # fast links: everyone gets everything
+Still stuck? mlscale.check.solution("hierarchical_all_reduce")"""
+
+LAYOUTS = ((1, 2), (2, 1), (2, 2), (2, 3), (3, 2), (2, 4))  # (nodes, ranks_per_node)
+
+
+def hierarchical_all_reduce(fn, layouts=LAYOUTS, verbose=True):
+    """Check a learner's ``fn(comm, x, ranks_per_node) -> sum over ranks of x``.
+
+    On simulated clusters (nodes x ranks_per_node from ``layouts``), lengths 1, 5 and 1000:
+    every rank must get the sum over all ranks, and the bytes crossing between nodes must
+    be those of the two-level scheme: at most 2(N-1) g ceil(n/g) elements in all (a flat
+    ring or recursive doubling sends more), spread over every rank's network card.
+    """
+    res = CheckResult("hierarchical_all_reduce")
+    for nodes, g in layouts:
+        p = nodes * g
+        net = NetworkModel.cluster(g)
+        for n in (1, 5, 1000):
+            res.cases += 1
+            case = f"{nodes} node(s) x {g} ranks, n={n}"
+            xs = [np.random.default_rng(31 * r + n).standard_normal(n) for r in range(p)]
+            want = np.sum(np.stack(xs), axis=0)
+
+            def prog(comm):
+                return fn(comm, xs[comm.rank].copy(), g)
+
+            out = run_case(res, case, lambda: launch(prog, p, network=net))
+            if out is NOT_IMPLEMENTED:
+                return res.done(verbose)
+            if out is None:
+                continue
+            bad = _values(out, want) or _slow_traffic(out.trace, nodes, g, n, 8)
+            if bad:
+                res.failures.append(f"{case}: {bad}")
+    return res.done(verbose)
+
+
+def _values(out, want):
+    for r, y in enumerate(out):
+        if y is None:
+            return f"rank {r} returned None: return the summed array"
+        y = np.asarray(y)
+        if y.shape != want.shape:
+            return f"rank {r} returned shape {y.shape}, expected {want.shape}"
+        if not np.allclose(y, want, rtol=1e-10, atol=1e-10):
+            i = int(np.argmax(~np.isclose(y, want, rtol=1e-10, atol=1e-10)))
+            return f"rank {r}: element {i} is {y[i]:.6g}, the sum over ranks is {want[i]:.6g}"
+    return None
+
+
+def _slow_traffic(trace, nodes, g, n, itemsize):
+    p = nodes * g
+    slow = [0] * p
+    for m in trace.messages:
+        if m.src // g != m.dst // g:
+            slow[m.src] += m.nbytes
+    limit = 2 * (nodes - 1) * g * (-(-n // g)) * itemsize
+    if sum(slow) > limit:
+        return (
+            f"{sum(slow)} bytes crossed between nodes (per rank {slow}); the two-level scheme sends "
+            f"at most {limit}: reduce inside the node first, send only 1/{g} of the vector across"
+        )
+    if nodes > 1 and n >= g and g > 1 and min(slow) == 0:
+        idle = [r for r in range(p) if slow[r] == 0]
+        return f"rank(s) {idle} sent nothing across nodes: every rank should carry 1/{g} of the data on its own link"
+    return None
+
+
+def solution_hierarchical_all_reduce(comm, x, ranks_per_node):
+    """Two-level all-reduce: reduce-scatter in the node, ring across nodes, all-gather."""
+    node, local = divmod(comm.rank, ranks_per_node)
+    intra = comm.split(node, key=local)  # the ranks of my node, by local rank
+    inter = comm.split(local, key=node)  # my counterparts on every node
+    shard = intra.reduce_scatter(x)  # (n/g,) my chunk of my node's sum
+    shard = inter.all_reduce(shard, algorithm="ring")  # that chunk summed over nodes
+    return intra.all_gather(shard).reshape(x.shape)  # (n,) every chunk, in order
+
+
+register("hierarchical_all_reduce", HINT, solution_hierarchical_all_reduce)
