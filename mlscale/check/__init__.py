@@ -4,3 +4,5 @@ from . import solutions  # noqa: F401
 from .collectives import ring_all_reduce  # noqa: F401
 from .core import CheckResult, hint, solution  # noqa: F401
 from .train import data_parallel_step  # noqa: F401
+from .cluster import hierarchical_all_reduce  # noqa: F401,E402
+from .parallel import gpipe_schedule, row_parallel_forward  # noqa: F401,E402

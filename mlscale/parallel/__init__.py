@@ -1,0 +1,31 @@
+"""Model parallelism: split one model over many ranks (picotron style: one file per kind,
+communication beside the math).
+
+- tensor parallel (Megatron-LM, Shoeybi et al. 2019): ``tensor.py`` (ColumnParallelLinear,
+  RowParallelLinear, the Megatron MLP) and ``tp_comm.py`` (the operators f and g);
+- pipeline parallel (GPipe, Huang et al. 2019; 1F1B, Narayanan et al. 2021):
+  ``pipeline.py`` (stages, the runtime) and ``pp_schedule.py`` (schedules as pure data,
+  bubble fraction, Gantt charts), ``pp_comm.py`` (send/recv between neighbour stages);
+- ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
+  ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather).
+
+Every class takes ``comm`` explicitly and runs on any engine; tests run them on ``sim``.
+"""
+from .pipeline import PipelineParallel, PipelineStage, partition_layers  # noqa: F401
+from .pp_comm import PipeComm  # noqa: F401
+from .pp_schedule import (SCHEDULES, Slot, bubble_fraction, gpipe_schedule, makespan,  # noqa: F401
+                          measured_bubble, one_f_one_b_schedule, peak_in_flight, play, plot_schedule,
+                          stage_ops, timeline)
+from .tensor import (ColumnParallelLinear, NaiveParallelMLP, ParallelMLP, RowParallelLinear,  # noqa: F401
+                     split_like)
+from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_nbytes,  # noqa: F401
+                      ring_all_reduce_wire_bytes, shard_range, shard_sizes)
+from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
+
+__all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
+           "CopyToTP", "ReduceFromTP", "GatherFromTP", "count_calls", "count_nbytes",
+           "ring_all_reduce_wire_bytes", "shard_range", "shard_sizes",
+           "PipelineParallel", "PipelineStage", "partition_layers", "PipeComm",
+           "SCHEDULES", "Slot", "gpipe_schedule", "one_f_one_b_schedule", "stage_ops", "timeline", "play",
+           "makespan", "bubble_fraction", "measured_bubble", "peak_in_flight", "plot_schedule",
+           "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]
