@@ -6,3 +6,4 @@ from .core import CheckResult, hint, solution  # noqa: F401
 from .train import data_parallel_step  # noqa: F401
 from .cluster import hierarchical_all_reduce  # noqa: F401,E402
 from .parallel import gpipe_schedule, row_parallel_forward  # noqa: F401,E402
+from .decentralized import gossip_step, metropolis_weights  # noqa: F401,E402
