@@ -33,9 +33,15 @@ def test_cu_compiles_with_nvcc(cu, arch, tmp_path):
     t0 = time.perf_counter()
     out = tmp_path / (cu.stem + ".cubin")
     r = subprocess.run([NVCC, "-cubin", f"-arch={arch}", "-std=c++14", "-Werror",
-                        "all-warnings", "-o", str(out), str(cu)],
+                        "all-warnings", "-Xptxas", "-v", "-o", str(out), str(cu)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"nvcc {cu.name} for {arch} failed:\n{r.stderr}"
+    # ptxas -v: no kernel spills registers to local memory (a spill turns a streaming
+    # kernel's register traffic into DRAM traffic and costs the bandwidth it lives on)
+    spills = [line.strip() for line in r.stderr.splitlines() if "spill" in line]
+    assert spills, f"ptxas -v printed no resource usage for {cu.name}:\n{r.stderr}"
+    bad = [line for line in spills if "0 bytes spill stores, 0 bytes spill loads" not in line]
+    assert not bad, f"{cu.name} on {arch} spills registers: {bad}"
     elapsed = time.perf_counter() - t0
     assert elapsed < 60, f"nvcc took {elapsed:.1f}s for {cu.name}"
     # every extern "C" kernel the wrappers look up by name is in the binary
