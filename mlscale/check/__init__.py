@@ -7,3 +7,5 @@ from .train import data_parallel_step  # noqa: F401
 from .cluster import hierarchical_all_reduce  # noqa: F401,E402
 from .parallel import gpipe_schedule, row_parallel_forward  # noqa: F401,E402
 from .decentralized import gossip_step, metropolis_weights  # noqa: F401,E402
+from .averaging import model_averaging  # noqa: F401,E402
+from .ps import ssp_admission  # noqa: F401,E402

@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops import weighted_sum
 from .mixing import validate_mixing_matrix
 from .topology import make_topology
+
+
+def weighted_sum(xs, weights, out=None, **kwargs):
+    """mlscale.ops.weighted_sum, imported on first use: numba loads then, not on import."""
+    from ..ops import weighted_sum as kernel
+
+    return kernel(xs, weights, out=out, **kwargs)
 
 GOSSIP_TAG = 4242
 

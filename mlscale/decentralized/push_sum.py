@@ -18,9 +18,9 @@ out-neighbor: degree * (n + 1) * itemsize bytes.
 from __future__ import annotations
 
 from ..collectives._reduce_ops import get_xp
-from ..ops import weighted_sum
-from .gossip import _check_x
+from .gossip import _check_x, weighted_sum
 from .topology import make_topology
+
 
 PUSH_SUM_TAG = 4343
 

@@ -15,6 +15,6 @@ from .common import History, broadcast_params, check_same_model, model_checksum 
 from .data_parallel import DataParallel  # noqa: F401
 from .gossip import DPSGD  # noqa: F401
 from .inference import accuracy, predict  # noqa: F401
-from .local_sgd import LocalSGD  # noqa: F401
+from .local_sgd import LocalSGD, model_disagreement  # noqa: F401
 from .loop import train  # noqa: F401
-from .param_server import ParameterServer  # noqa: F401
+from .param_server import ParameterServer, clock_lag, ssp_may_proceed  # noqa: F401

@@ -16,6 +16,11 @@ Consistency, from strict to loose:
 Every gradient and parameter crosses a server's one link: with p workers a single
 server moves 2 p n bytes per step, k shards divide that by k. The ring all-reduce has
 no such bottleneck: notebook 04 shows both on the trace.
+
+The SSP admission rule is :func:`ssp_may_proceed` (``admit=`` swaps in another, as
+notebook 04's exercise does). Each server records, per applied gradient, who sent it,
+at which of its clocks, which parameter version it read and which update applied it
+(``history.applied``); :func:`clock_lag` turns that into Ho et al.'s guarantee, checkable.
 """
 from __future__ import annotations
 
@@ -27,8 +32,42 @@ from .common import History, Stepper
 HDR, GRAD, REPLY, PARAMS = 11, 12, 13, 14  # tags
 
 
+def ssp_may_proceed(clock, slowest, staleness):
+    """Stale synchronous parallel admission (Ho et al., NeurIPS 2013): may a worker that
+    has finished ``clock`` steps start its next one, when the slowest worker has finished
+    ``slowest``? Yes iff ``slowest >= clock - staleness``: the worker then reads
+    parameters holding every worker's updates up to clock ``clock - staleness - 1``.
+    ``staleness=0`` is bulk synchronous (lockstep); ``None`` is asynchronous (always)."""
+    return staleness is None or slowest >= clock - staleness
+
+
+def clock_lag(history):
+    """Per applied gradient (in order), how many clocks its worker was ahead of what it
+    could see: a gradient computed at clock c on parameter version v has lag
+    ``c - m``, where m is the fewest gradients any worker had applied in version v. SSP
+    with staleness s guarantees lag <= s (Ho et al. 2013); async has no bound.
+    ``history`` is a server's :class:`History` (``history.applied``)."""
+    applied = getattr(history, "applied", None)
+    if applied is None:
+        raise ValueError("clock_lag needs a parameter server's History (the one a server rank returns), "
+                         "with .applied; a worker's History has none")
+    if not applied:
+        return []
+    workers = sorted({a[0] for a in applied})
+    last = max(a[3] for a in applied)
+    counts = np.zeros((last + 1, len(workers)), dtype=np.int64)  # counts[v, i]: worker i's gradients in version v
+    col = {w: i for i, w in enumerate(workers)}
+    for w, _, _, after in applied:
+        counts[after:, col[w]] += 1
+    slowest = counts.min(axis=1)  # (versions,)
+    return [c - int(slowest[v]) for _, c, v, _ in applied]
+
+
 class ParameterServer:
-    def __init__(self, mode="sync", num_servers=1, staleness=None):
+    def __init__(self, mode="sync", num_servers=1, staleness=None, admit=None, on_update=None):
+        """``admit(clock, slowest, staleness) -> bool``: the SSP rule (default
+        :func:`ssp_may_proceed`); ``on_update(updates, clock)``: called on every server
+        rank after each update (e.g. to record the loss of the model it holds)."""
         if mode not in ("sync", "async", "ssp"):
             raise ValueError(f"ParameterServer mode {mode!r}: use 'sync', 'ssp' or 'async'")
         if mode == "ssp" and (staleness is None or staleness < 0):
@@ -37,7 +76,13 @@ class ParameterServer:
             raise ValueError(f"num_servers must be >= 1, got {num_servers!r}")
         self.mode = mode
         self.num_servers = int(num_servers)
+        if admit is not None and not callable(admit):
+            raise TypeError(f"admit must be a function (clock, slowest, staleness) -> bool, got {admit!r}")
+        if on_update is not None and not callable(on_update):
+            raise TypeError(f"on_update must be a function (updates, clock), got {on_update!r}")
         self.staleness = None if mode == "async" else (0 if mode == "sync" else int(staleness))
+        self.admit = admit or ssp_may_proceed
+        self.on_update = on_update
         self.versions = None
 
     @property
@@ -98,6 +143,7 @@ class ParameterServer:
         params = model.params[cut[j]:cut[j + 1]]
         opt = make_optimizer(params)
         hist = History(role="server")
+        hist.applied = []  # (worker, its clock, version read, update that applied it) per gradient
         if self.mode == "sync":
             self._serve_sync(comm, params, opt, steps, workers, hist)
         else:
@@ -110,6 +156,8 @@ class ParameterServer:
         comm.compute(flops=8 * grad.size, label="update")  # an optimizer pass over the shard
         opt.step(grad)
         hist.updates += 1
+        if self.on_update is not None:
+            self.on_update(hist.updates, comm.clock)
 
     def _reply(self, comm, w, params, version, go=True):
         """Tell worker w whether to go on (go) and send it this server's parameter shard."""
@@ -126,13 +174,14 @@ class ParameterServer:
         self._outbox = []
 
     def _serve_sync(self, comm, params, opt, steps, workers, hist):
-        for _ in range(steps):
+        for t in range(steps):
             total = None
             for w in workers:  # every worker's shard queues on this server's link
-                comm.recv(w, tag=HDR)
+                hdr = comm.recv(w, tag=HDR)
                 g = comm.recv(w, tag=GRAD)
                 total = g.astype(params.dtype, copy=True) if total is None else total + g
                 hist.staleness.append(0)
+                hist.applied.append((w, t, int(hdr[0]), t + 1))
             total *= 1.0 / len(workers)
             self._update(comm, opt, total, hist)
             for w in workers:
@@ -153,6 +202,7 @@ class ParameterServer:
                 continue
             hist.staleness.append(hist.updates - int(hdr[0]))
             hist.staleness_by_worker.setdefault(w, []).append(hist.staleness[-1])
+            hist.applied.append((w, done[w], int(hdr[0]), hist.updates + 1))
             self._update(comm, opt, g, hist)
             hist.clocks.append(comm.clock)
             done[w] += 1
@@ -162,8 +212,14 @@ class ParameterServer:
                 if hist.updates >= budget:
                     self._reply(comm, v, params, hist.updates, go=False)
                     stopped.add(v)
-                elif s is None or min(done.values()) >= done[v] - s:
+                elif self._admit(done[v], min(done.values()), s):
                     self._reply(comm, v, params, hist.updates)
                 else:
                     still.append(v)
             deferred = still
+
+    def _admit(self, clock, slowest, s):
+        ok = self.admit(clock, slowest, s)
+        if not isinstance(ok, (bool, np.bool_)):
+            raise TypeError(f"the SSP rule admit({clock}, {slowest}, {s}) returned {ok!r}: return True or False")
+        return bool(ok)

@@ -12,3 +12,4 @@ does not pick a backend (tests call ``matplotlib.use("Agg")`` first).
 from .cost_plots import Sweep, all_reduce_sweep, cost_vs_size  # noqa: F401
 from .ring import RingSteps, animate_ring, draw_ring_frame, ring_schedule, ring_steps, ring_steps_figure  # noqa: F401
 from .trace_plots import bytes_per_rank, human_bytes, label_colors, link_heatmap, link_matrix, timeline  # noqa: F401
+from .ps_plots import disagreement_plot, staleness_bars  # noqa: F401
