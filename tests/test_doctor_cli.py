@@ -1,4 +1,5 @@
 """mlscale doctor and the command line."""
+import importlib.util
 import subprocess
 import sys
 
@@ -32,6 +33,19 @@ def test_import_mlscale_does_not_import_cupy_or_mpi4py():
     code = "import sys, mlscale; print('cupy' in sys.modules, 'mpi4py' in sys.modules, 'numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]
+
+
+def test_the_methods_import_without_numba_cupy_or_mpi4py():
+    # numba costs about a second to import and must see NUMBA_ENABLE_CUDASIM first (notebook
+    # 10 sets it): only mlscale.ops loads it, on first use
+    mods = ["mlscale.train", "mlscale.check", "mlscale.viz", "mlscale.decentralized", "mlscale.compress",
+            "mlscale.parallel", "mlscale.serving", "mlscale.collectives.hierarchical"]
+    if importlib.util.find_spec("mlscale.federated") is not None:
+        mods.append("mlscale.federated")
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {mods!r}]; "
+            "print([m for m in ('cupy', 'mpi4py', 'numba') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing {mods} loaded {out.strip()}"
 
 
 def test_cli_doctor_and_version():
