@@ -10,3 +10,4 @@ from .decentralized import gossip_step, metropolis_weights  # noqa: F401,E402
 from .averaging import model_averaging  # noqa: F401,E402
 from .ps import ssp_admission  # noqa: F401,E402
 from .compress import topk_error_feedback  # noqa: F401,E402
+from .federated import fedavg, pairwise_mask  # noqa: F401,E402
