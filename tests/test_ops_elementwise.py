@@ -108,3 +108,15 @@ def test_elementwise_bad_inputs():
         ops.clip_by_global_norm([a], 0)
     with pytest.raises(TypeError, match="argument 'x' is a list, not an array"):
         ops.norm([1.0, 2.0])
+
+
+def test_auto_picks_numpy_for_small_arrays_and_numba_for_large():
+    from mlscale.ops import _common as C
+
+    small = np.zeros(1000, np.float32)
+    big = np.zeros(C.AUTO_NUMBA_MIN, np.float32)
+    assert C.resolve_impl("op", "auto", x=small) == "reference"
+    assert C.resolve_impl("op", "auto", x=big) == "numba"
+    half = np.zeros(C.AUTO_NUMBA_MIN // 2, np.float32)
+    assert C.resolve_impl("op", "auto", x=half, y=half) == "numba"  # all arrays together
+    assert C.resolve_impl("op", "numba", x=small) == "numba"  # an explicit choice stands
