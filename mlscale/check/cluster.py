@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..comm import NetworkModel, launch
+from .collectives import _check_values
 from .core import NOT_IMPLEMENTED, CheckResult, register, run_case
 
 HINT = """\
@@ -45,23 +46,10 @@ def hierarchical_all_reduce(fn, layouts=LAYOUTS, verbose=True):
                 return res.done(verbose)
             if out is None:
                 continue
-            bad = _values(out, want) or _slow_traffic(out.trace, nodes, g, n, 8)
+            bad = _check_values(out, want, np.float64) or _slow_traffic(out.trace, nodes, g, n, 8)
             if bad:
                 res.failures.append(f"{case}: {bad}")
     return res.done(verbose)
-
-
-def _values(out, want):
-    for r, y in enumerate(out):
-        if y is None:
-            return f"rank {r} returned None: return the summed array"
-        y = np.asarray(y)
-        if y.shape != want.shape:
-            return f"rank {r} returned shape {y.shape}, expected {want.shape}"
-        if not np.allclose(y, want, rtol=1e-10, atol=1e-10):
-            i = int(np.argmax(~np.isclose(y, want, rtol=1e-10, atol=1e-10)))
-            return f"rank {r}: element {i} is {y[i]:.6g}, the sum over ranks is {want[i]:.6g}"
-    return None
 
 
 def _slow_traffic(trace, nodes, g, n, itemsize):
