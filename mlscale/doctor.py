@@ -109,6 +109,30 @@ def _version(mod):
         return None
 
 
+def _dist_version(dist):
+    """An installed distribution's version, without importing it (importing numba here
+    would fix its CUDA mode before a notebook sets NUMBA_ENABLE_CUDASIM)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _has_cuda_simulator():
+    """numba's CUDA simulator is installed (numba-cuda's, or numba's built-in one), found
+    on disk without importing numba."""
+    import importlib.util
+
+    for pkg, sub in (("numba_cuda", ("numba", "cuda", "simulator")), ("numba", ("cuda", "simulator"))):
+        spec = importlib.util.find_spec(pkg)  # a top-level name: nothing is imported
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            if os.path.isfile(os.path.join(loc, *sub, "__init__.py")):
+                return True
+    return False
+
+
 def find_mpiexec():
     """mpiexec next to this Python (a venv with the mpich wheel) first, then PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -147,9 +171,9 @@ def doctor(check_mpi=True, verbose=True) -> Report:
     """Inspect this machine; print the report (``verbose``) and return it."""
     r = Report(python=sys.version.split()[0])
     r.numpy = _version("numpy")
-    r.numba = _version("numba")
-    r.numba_cuda = _version("numba_cuda")
-    r.cuda_simulator = bool(r.numba) and _version("numba.cuda.simulator") is not None
+    r.numba = _dist_version("numba")  # read from the metadata: numba is not imported here
+    r.numba_cuda = _dist_version("numba-cuda")
+    r.cuda_simulator = bool(r.numba) and _has_cuda_simulator()
     r.gpus = _gpus()
     if r.gpus:
         r.cupy = _version("cupy")

@@ -53,3 +53,14 @@ def test_cli_doctor_and_version():
     assert p.returncode == 0 and "mlscale doctor" in p.stdout
     p = subprocess.run([sys.executable, "-m", "mlscale.cli", "version"], capture_output=True, text=True)
     assert p.stdout.strip() == ms.__version__
+
+
+def test_doctor_does_not_import_numba():
+    # a notebook calls ms.doctor() first and may set NUMBA_ENABLE_CUDASIM after it (notebook
+    # 10): numba reads the variable once, on import, so doctor must find it without importing
+    code = ("import sys, mlscale as ms; r = ms.doctor(check_mpi=False, verbose=False); "
+            "print('numba' in sys.modules, bool(r.numba), r.cuda_simulator)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    imported, has_numba, sim = out.split()
+    assert imported == "False"
+    assert has_numba == "True" and sim == "True"  # the dev environment has numba and numba-cuda

@@ -41,3 +41,15 @@ def test_cuda_c_ladder_with_cupy(version):
     for n in SIZES + [1 << 20]:
         x = np.random.default_rng(n).integers(-50, 50, n).astype(np.float32)
         assert ops.sum_cupy(x, version) == float(x.sum(dtype=np.int64))
+
+
+def test_first_pass_grid_covers_every_element():
+    # v0..v5 read one (v3..v5: two) elements per thread and have no grid-stride loop: a grid
+    # capped at 65535 blocks would silently drop everything past 65535 * 128 (or 256) elements
+    from mlscale.ops import reduce_ladder as L
+
+    for n in (1, 127, 128, 389, 65535 * 128 + 1, 65535 * 256 + 1000, 1 << 28):
+        for v in range(6):
+            per_thread = 1 if v <= 2 else 2
+            assert L._blocks(v, n) * L.BLOCK * per_thread >= n, (v, n)
+        assert 1 <= L._blocks(6, n) <= L.MAX_BLOCKS_V6

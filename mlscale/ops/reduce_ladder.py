@@ -29,6 +29,7 @@ from ._common import cuda
 
 BLOCK = C.BLOCK                  # a compile-time constant for the kernels below
 MAX_BLOCKS_V6 = 1024
+MAX_GRID_X = 2**31 - 1  # CUDA's limit on blocks in x
 VERSIONS = tuple(range(7))
 
 
@@ -221,10 +222,13 @@ _KERNELS = (_reduce0, _reduce1, _reduce2, _reduce3, _reduce4, _reduce5, _reduce6
 
 
 def _blocks(version: int, n: int) -> int:
+    """Blocks of the first pass. v0..v5 have no grid-stride loop (one, or from v3 two,
+    elements per thread), so their grid must cover n: no 65535 cap (CUDA allows 2^31-1
+    blocks in x). v6 strides over the grid, with a fixed number of blocks."""
     if version <= 2:
-        return C.grid_for(n)
+        return C.grid_for(n, max_blocks=MAX_GRID_X)
     if version <= 5:
-        return C.grid_for(n, 2 * BLOCK)
+        return C.grid_for(n, 2 * BLOCK, max_blocks=MAX_GRID_X)
     return C.grid_for(n, max_blocks=MAX_BLOCKS_V6)
 
 
