@@ -77,6 +77,21 @@ def run_case(res, case, run, deadlock_hint=""):
     return None
 
 
+def try_case(res, case, run, judge, deadlock_hint=""):
+    """Count one case, run it (``run_case``) and record what ``judge(output)`` finds wrong
+    (a message, or None when right). Returns False when the learner's function is still a
+    stub, so the checker stops: ``if not try_case(...): return res.done(verbose)``."""
+    res.cases += 1
+    out = run_case(res, case, run, deadlock_hint)
+    if out is NOT_IMPLEMENTED:
+        return False
+    if out is not None:
+        bad = judge(out)
+        if bad:
+            res.failures.append(f"{case}: {bad}")
+    return True
+
+
 HINTS = {}
 SOLUTIONS = {}
 

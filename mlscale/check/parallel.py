@@ -21,7 +21,7 @@ import numpy as np
 from ..comm import launch
 from ..parallel.pp_schedule import bubble_fraction, makespan, measured_bubble, peak_in_flight, play
 from ..parallel.tp_comm import shard_range
-from .core import NOT_IMPLEMENTED, CheckResult, register, run_case
+from .core import CheckResult, register, try_case
 
 ROW_HINT = """\
 Rank r holds columns rows_r of X and the same rows of W, so X_r @ W_r is rank r's
@@ -79,7 +79,6 @@ def row_parallel_forward(fn, world_sizes=(1, 2, 3, 4, 5), verbose=True):
     res = CheckResult("row_parallel_forward")
     for p in world_sizes:
         for batch, n_in, n_out in ((3, 7, 5), (4, 10, 1), (2, p, 3)):
-            res.cases += 1
             case = f"p={p}, X ({batch}, {n_in}), W ({n_in}, {n_out})"
             rng = np.random.default_rng(1000 * p + n_in)
             X, W, b = rng.standard_normal((batch, n_in)), rng.standard_normal((n_in, n_out)), rng.standard_normal(n_out)
@@ -91,14 +90,8 @@ def row_parallel_forward(fn, world_sizes=(1, 2, 3, 4, 5), verbose=True):
                 y = fn(counted, X[:, lo:hi].copy(), W[lo:hi].copy(), b.copy())
                 return y, counted.calls
 
-            out = run_case(res, case, lambda: launch(prog, p))
-            if out is NOT_IMPLEMENTED:
+            if not try_case(res, case, lambda: launch(prog, p), lambda out: _check_row(out, want, p)):
                 return res.done(verbose)
-            if out is None:
-                continue
-            bad = _check_row(out, want, p)
-            if bad:
-                res.failures.append(f"{case}: {bad}")
     return res.done(verbose)
 
 
@@ -129,16 +122,8 @@ def gpipe_schedule(fn, cases=((1, 1), (1, 4), (2, 1), (2, 3), (3, 4), (4, 2), (4
     """Check ``fn(num_stages, num_microbatches)`` -> per-stage GPipe op lists."""
     res = CheckResult("gpipe_schedule")
     for p, m in cases:
-        res.cases += 1
-        case = f"p={p}, m={m}"
-        ops = run_case(res, case, lambda: fn(p, m))
-        if ops is NOT_IMPLEMENTED:
+        if not try_case(res, f"p={p}, m={m}", lambda: fn(p, m), lambda ops: _check_gpipe(ops, p, m)):
             return res.done(verbose)
-        if ops is None:
-            continue
-        bad = _check_gpipe(ops, p, m)
-        if bad:
-            res.failures.append(f"{case}: {bad}")
     return res.done(verbose)
 
 
