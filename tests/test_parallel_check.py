@@ -47,6 +47,7 @@ def test_row_parallel_stub_is_not_implemented():
 
 def test_gpipe_checker():
     assert cp.gpipe_schedule(cp.gpipe_schedule_solution, verbose=False).passed
+    assert not cp.gpipe_schedule(lambda p, m: None, verbose=False).passed  # forgot `return`
     def reversed_backward(p, m):
         return [[("F", j) for j in range(m)] + [("B", j) for j in reversed(range(m))] for _ in range(p)]
 

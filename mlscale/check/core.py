@@ -82,10 +82,11 @@ def try_case(res, case, run, judge, deadlock_hint=""):
     (a message, or None when right). Returns False when the learner's function is still a
     stub, so the checker stops: ``if not try_case(...): return res.done(verbose)``."""
     res.cases += 1
+    failed = len(res.failures)
     out = run_case(res, case, run, deadlock_hint)
     if out is NOT_IMPLEMENTED:
         return False
-    if out is not None:
+    if len(res.failures) == failed:  # it ran (None too: a forgotten return is judged, not passed)
         bad = judge(out)
         if bad:
             res.failures.append(f"{case}: {bad}")

@@ -117,9 +117,10 @@ class ParameterServer:
         if len(micro_batches) > 1:
             model.grads *= 1.0 / len(micro_batches)
         reqs = []
-        for j in range(self.num_servers):
-            reqs.append(comm.isend(np.array([self.versions[j]], dtype=np.int64), j, tag=HDR))
-            reqs.append(comm.isend(model.grads[cut[j]:cut[j + 1]], j, tag=GRAD))
+        with comm.label("ps/push"):
+            for j in range(self.num_servers):
+                reqs.append(comm.isend(np.array([self.versions[j]], dtype=np.int64), j, tag=HDR))
+                reqs.append(comm.isend(model.grads[cut[j]:cut[j + 1]], j, tag=GRAD))
         for r in reqs:
             r.wait()
         # post every receive first: the servers' replies may then arrive in any order
@@ -164,9 +165,10 @@ class ParameterServer:
         # non-blocking: a server must never wait on one worker while others queue
         # (with several servers and MPI's rendezvous sends that would deadlock)
         self._outbox = [r for r in getattr(self, "_outbox", []) if not r.test()]
-        self._outbox.append(comm.isend(np.array([int(go), version], dtype=np.int64), w, tag=REPLY))
-        # the parameters go too when stopping: workers end with the servers' latest
-        self._outbox.append(comm.isend(params.copy(), w, tag=PARAMS))  # a copy: params change next update
+        with comm.label("ps/pull"):
+            self._outbox.append(comm.isend(np.array([int(go), version], dtype=np.int64), w, tag=REPLY))
+            # the parameters go too when stopping: workers end with the servers' latest
+            self._outbox.append(comm.isend(params.copy(), w, tag=PARAMS))  # a copy: params change next update
 
     def _flush(self):
         for r in getattr(self, "_outbox", []):
