@@ -184,3 +184,13 @@ def test_checker_rejects_wrong_answers():
     assert not r.passed and any("the sum over ranks" in f for f in r.failures)
     r = hierarchical_all_reduce(leader_only, verbose=False)
     assert not r.passed and any("sent nothing across nodes" in f or "crossed" in f for f in r.failures)
+
+
+def test_cross_node_bytes_reads_the_trace():
+    g, n = 2, 1000
+    res = ms.launch(_timed, 4, args=(g, n, "hierarchical"), network=ms.NetworkModel.cluster(g))
+    want = [0] * 4
+    for m in res.trace.messages:
+        if m.src // g != m.dst // g:
+            want[m.src] += m.nbytes
+    assert H.cross_node_bytes(res.trace, g) == want == [H.slow_link_bytes(2, g, 4 * n)] * 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..comm import NetworkModel, launch
+from ..collectives.hierarchical import cross_node_bytes
 from .collectives import _check_values
 from .core import CheckResult, register, try_case
 
@@ -50,10 +51,7 @@ def hierarchical_all_reduce(fn, layouts=LAYOUTS, verbose=True):
 
 def _slow_traffic(trace, nodes, g, n, itemsize):
     p = nodes * g
-    slow = [0] * p
-    for m in trace.messages:
-        if m.src // g != m.dst // g:
-            slow[m.src] += m.nbytes
+    slow = cross_node_bytes(trace, g)
     limit = 2 * (nodes - 1) * g * (-(-n // g)) * itemsize
     if sum(slow) > limit:
         return (

@@ -116,6 +116,16 @@ def flat_ring_cost(num_nodes, ranks_per_node, n, intra, inter, gamma=0.0):
     return _cost.all_reduce("ring", p, n, a, b, gamma)
 
 
+def cross_node_bytes(trace, ranks_per_node):
+    """Bytes each rank sent to a rank on another node, from a sim run's trace (ranks
+    numbered node by node): what crossed the network, per network card."""
+    sent = [0] * trace.world_size
+    for m in trace.messages:
+        if m.src // ranks_per_node != m.dst // ranks_per_node:
+            sent[m.src] += m.nbytes
+    return sent
+
+
 def slow_link_bytes(num_nodes, ranks_per_node, n, algorithm="hierarchical"):
     """Bytes one rank sends over the network (between nodes) in one all-reduce of n bytes.
     Flat ring: the one rank per node whose right neighbour lives on the next node sends
