@@ -20,14 +20,11 @@ pipeline parallelism, ZeRO), the sums are split differently, so 1e-12 relative.
 
 Run alone: ``pytest -m mpi tests/test_methods_mpi.py``.
 """
-import time
-import traceback
 
 import numpy as np
 import pytest
 
 import mlscale as ms
-from mlscale import compress as C
 from mlscale import data, nn, serving
 from mlscale.collectives import hierarchical as H
 from mlscale.data import split_batch
@@ -40,13 +37,9 @@ from mlscale.train.gossip import DPSGD
 
 pytestmark = pytest.mark.mpi
 
-try:  # the engine needs mpi4py and mpiexec; skip with the fix otherwise
-    import mpi4py  # noqa: F401 - skip the module without it
-    from mlscale.comm._mpi_launch import find_mpiexec
+from _mpi_batch import Batches, require_mpi  # noqa: E402
 
-    MPIEXEC = find_mpiexec()
-except Exception as e:  # pragma: no cover - depends on the machine
-    pytest.skip(f'needs mpi4py and mpiexec ({e}); pip install "mlscale[mpi]"', allow_module_level=True)
+MPIEXEC = require_mpi()
 
 WORLD_SIZES = [2, 3, 4]
 TOL = dict(rtol=1e-12, atol=1e-13)
@@ -248,39 +241,9 @@ SECTIONS = {"tp": _tp, "pp": _pp, "zero": _zero, "cdp": _cdp, "dpsgd": _dpsgd, "
             "hier": _hier, "serve": _serve, "hier_many": _hier_many}
 
 
-def _batch(comm):
-    """Every section in turn; a section that fails records its traceback and the rest
-    still run (a failure in one must not hide the others)."""
-    out = {}
-    for name, fn in SECTIONS.items():
-        t0 = time.perf_counter()
-        try:
-            out[name] = ("ok", fn(comm))
-        except Exception:
-            out[name] = ("error", traceback.format_exc())
-        comm.barrier()
-        out[name] += (time.perf_counter() - t0,)
-    return out
-
-
-_CACHE = {}
-
-
-def batch(p):
-    if p not in _CACHE:
-        t0 = time.perf_counter()
-        res = ms.launch(_batch, p, backend="mpi", timeout=180)
-        _CACHE[p] = (res, time.perf_counter() - t0)
-    return _CACHE[p][0]
-
-
-def section(p, name):
-    res = batch(p)
-    assert len(res) == p
-    for r, per_rank in enumerate(res):
-        status, value, _ = per_rank[name]
-        assert status == "ok", f"rank {r} of {p}, section {name}:\n{value}"
-    return [per_rank[name][1] for per_rank in res]
+BATCHES = Batches(SECTIONS, timeout=180)
+section = BATCHES.section
+batch = BATCHES.batch
 
 
 _SIM = {}
@@ -462,7 +425,7 @@ def test_serving_predictions_equal_model_predict(p):
 def test_one_launch_per_world_size_quickly():
     for p in WORLD_SIZES:
         batch(p)
-    took = {p: round(_CACHE[p][1], 1) for p in WORLD_SIZES}
-    per_section = {p: {k: round(v[2], 2) for k, v in _CACHE[p][0][0].items()} for p in WORLD_SIZES}
+    took = {p: round(BATCHES.took(p), 1) for p in WORLD_SIZES}
+    per_section = {p: {k: round(v[2], 2) for k, v in BATCHES.batch(p)[0].items()} for p in WORLD_SIZES}
     print("launch seconds", took, "\nsection seconds (rank 0)", per_section)
     assert sum(took.values()) < 120, (took, per_section)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import traceback
 
 import numpy as np
 import pytest
@@ -21,13 +20,9 @@ from mlscale.collectives import ALGORITHMS
 
 pytestmark = pytest.mark.mpi
 
-try:  # the engine needs mpi4py and mpiexec; skip with the fix otherwise
-    import mpi4py  # noqa: F401 - skip the module without it
-    from mlscale.comm._mpi_launch import find_mpiexec
+from _mpi_batch import Batches, require_mpi  # noqa: E402
 
-    MPIEXEC = find_mpiexec()
-except Exception as e:  # pragma: no cover - depends on the machine
-    pytest.skip(f'needs mpi4py and mpiexec ({e}); pip install "mlscale[mpi]"', allow_module_level=True)
+MPIEXEC = require_mpi()
 
 from test_collectives import assert_matches, rank_input, reference, run_collective_checks  # noqa: E402
 
@@ -251,37 +246,9 @@ SECTIONS = {
 }
 
 
-def _batch(comm):
-    """Every section in turn; a section that fails records its traceback and the rest
-    still run (a failure in one must not hide the others)."""
-    out = {}
-    for name, fn in SECTIONS.items():
-        try:
-            out[name] = ("ok", fn(comm))
-        except Exception:
-            out[name] = ("error", traceback.format_exc())
-        comm.barrier()
-    return out
-
-
-_CACHE = {}
-
-
-def batch(p):
-    if p not in _CACHE:
-        t0 = time.perf_counter()
-        res = ms.launch(_batch, p, backend="mpi", timeout=120)
-        _CACHE[p] = (res, time.perf_counter() - t0)
-    return _CACHE[p][0]
-
-
-def section(p, name):
-    res = batch(p)
-    assert len(res) == p
-    for r, per_rank in enumerate(res):
-        status, value = per_rank[name]
-        assert status == "ok", f"rank {r} of {p}, section {name}:\n{value}"
-    return [per_rank[name][1] for per_rank in res]
+BATCHES = Batches(SECTIONS, timeout=120)
+section = BATCHES.section
+batch = BATCHES.batch
 
 
 # ---------------------------------------------------------------- the tests
@@ -340,7 +307,7 @@ def test_split_barrier_clock(p):
 def test_suite_runs_one_launch_per_world_size_quickly():
     for p in WORLD_SIZES:
         batch(p)
-    took = {p: round(_CACHE[p][1], 1) for p in WORLD_SIZES}
+    took = {p: round(BATCHES.took(p), 1) for p in WORLD_SIZES}
     assert sum(took.values()) < 90, took  # about 10 s on an idle 2-core machine
 
 
