@@ -27,10 +27,9 @@ import pytest
 import mlscale as ms
 from mlscale import data, nn, serving
 from mlscale.collectives import hierarchical as H
-from mlscale.data import split_batch
 from mlscale.decentralized import gossip, push_sum
 from mlscale.decentralized import topology as T
-from mlscale.parallel import NaiveParallelMLP, ParallelMLP, PipelineParallel, ZeroOptimizer, shard_sizes
+from mlscale.parallel import NaiveParallelMLP, ParallelMLP, PipelineParallel, shard_sizes
 from mlscale.train import train
 from mlscale.train.compressed import CompressedDataParallel
 from mlscale.train.gossip import DPSGD
@@ -111,22 +110,11 @@ def _zero_data():
 
 
 def _zero_train(comm, mode):
-    x, y = _zero_data()
-    model = nn.MLP(Z_SIZES, dtype=np.float64, seed=0)
-    if mode == "dp":
-        opt = nn.Adam(model.params, lr=0.02, impl="reference")
-    else:
-        opt = ZeroOptimizer(comm, model.params, lambda s: nn.Adam(s, lr=0.02, impl="reference"),
-                            naive=(mode == "naive"))
-    traj = []
-    for t in range(Z_STEPS):
-        xb, yb = x[t * Z_BATCH:(t + 1) * Z_BATCH], y[t * Z_BATCH:(t + 1) * Z_BATCH]
-        model.loss_and_grad(*split_batch((xb, yb), comm.rank, comm.world_size))
-        if mode == "dp":
-            comm.all_reduce(model.grads, op="mean", algorithm="ring", out=model.grads)
-        opt.step(model.grads)
-        traj.append(model.params.copy())
-    return np.array(traj), (opt.state_numel() if mode != "dp" else opt.m.size + opt.v.size)
+    """tests/test_parallel_zero.py's training run (the sim test's), on these ranks."""
+    from test_parallel_zero import _train
+
+    traj, state, _ = _train(comm, mode, *_zero_data())
+    return traj, state
 
 
 def _zero(comm):
