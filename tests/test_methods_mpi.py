@@ -280,14 +280,9 @@ def test_tensor_parallel_mlp_equals_single_device(p):
 @pytest.mark.parametrize("p", WORLD_SIZES)
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "gpipe-blocking"])
 def test_pipeline_gradients_equal_single_device(p, schedule):
-    x, y = _pp_data()
-    ref = nn.MLP(PP_SIZES, activation="gelu", dtype=np.float64, seed=1)
-    opt = nn.Adam(ref.params, lr=0.01, impl="reference")
-    ref_losses, ref_grads = [], []
-    for _ in range(2):
-        ref_losses.append(ref.loss_and_grad(x, y))
-        ref_grads.append(ref.grads.copy())
-        opt.step(ref.grads)
+    from test_parallel_pipeline import single_device_steps
+
+    ref, ref_losses, ref_grads = single_device_steps(PP_SIZES, *_pp_data(), 2)
     res = section(p, "pp")
     sim = on_sim(_pp, p)
     covered = 0

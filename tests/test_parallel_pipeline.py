@@ -19,17 +19,24 @@ def _data(batch=12, seed=0):
     return rng.standard_normal((batch, SIZES[0])), rng.integers(0, SIZES[-1], batch)
 
 
+def single_device_steps(sizes, X, y, steps):
+    """The oracle: the whole model on one device, Adam on the full batch. Returns the
+    model (its final params) and the loss and gradients of every step."""
+    ref = nn.MLP(sizes, activation="gelu", dtype=np.float64, seed=1)
+    opt = nn.Adam(ref.params, lr=0.01, impl="reference")
+    losses, grads = [], []
+    for _ in range(steps):
+        losses.append(ref.loss_and_grad(X, y))
+        grads.append(ref.grads.copy())
+        opt.step(ref.grads)
+    return ref, losses, grads
+
+
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 @pytest.mark.parametrize("p", [1, 2, 3, 4])
 def test_gradients_and_adam_steps_equal_single_device(p, schedule):
     X, y = _data()
-    ref = nn.MLP(SIZES, activation="gelu", dtype=np.float64, seed=1)
-    opt = nn.Adam(ref.params, lr=0.01, impl="reference")
-    ref_losses, ref_grads = [], []
-    for _ in range(3):
-        ref_losses.append(ref.loss_and_grad(X, y))
-        ref_grads.append(ref.grads.copy())
-        opt.step(ref.grads)
+    ref, ref_losses, ref_grads = single_device_steps(SIZES, X, y, 3)
 
     def prog(comm, m):
         model = nn.MLP(SIZES, activation="gelu", dtype=np.float64, seed=1)
