@@ -30,7 +30,7 @@ def check_local(epochs, batch_size, lr, mu):
 
 
 def local_update(model, global_params, X, y, epochs=1, batch_size=None, lr=0.1, mu=None, seed=0,
-                 stepper=None, impl="reference"):
+                 stepper=None, impl="auto"):
     """Train ``model`` from ``global_params`` on (X, y); returns (update, num_examples).
 
     update = w - w_t (a new array, the model's dtype). mu: None (FedAvg) or the FedProx

@@ -28,9 +28,8 @@ class FedConfig:
     dropout      probability that a sampled client vanishes before sending its update
     byzantine    {client id: attack(update, rng) -> update}: clients that lie
     target       stop at this test accuracy (rounds to target); seed: every random choice
-    impl         the kernels' impl (SGD step, FedAvg's weighted sum): "reference" (NumPy) is
-                 fastest for course-sized models, where numba's parallel launch dominates;
-                 "auto" for large ones
+    impl         the kernels' impl (SGD step, FedAvg's weighted sum); "auto" takes NumPy for
+                 course-sized models and numba for large ones (mlscale.ops.resolve_impl)
     """
 
     num_rounds: int = 50
@@ -52,7 +51,7 @@ class FedConfig:
     byzantine: dict = field(default_factory=dict)
     target: float | None = None
     seed: int = 0
-    impl: str = "reference"
+    impl: str = "auto"
 
     def validate(self, num_clients):
         if isinstance(self.num_rounds, bool) or int(self.num_rounds) != self.num_rounds or self.num_rounds < 1:
