@@ -11,12 +11,30 @@ Layers (``Linear``, ``ReLU``, ``GELU``, ``Tanh``) carry their backward beside th
 forward; ``Sequential``/``MLP`` lay every parameter into one flat ``params`` buffer and
 every gradient into one flat ``grads`` buffer (see model.py for why). Optimizers are
 imported lazily: they call the fused kernels of ``mlscale.ops``.
+
+The transformer (``GPT``, ``GPTConfig``; transformer.py) is a ``Sequential`` too, built
+from ``Embedding``, ``Block`` (``LayerNorm``/``RMSNorm`` from norms.py,
+``CausalSelfAttention`` from attention.py, ``FeedForward``) and ``LMHead``; the
+attention core and the norms are also plain functions on arrays
+(``attention_forward/backward`` on (batch, heads, seq, head_dim),
+``layernorm_forward/backward``), for tensor- and sequence-parallel layers to reuse.
+``saved_nbytes(layer)`` measures the activations a layer keeps for backward.
 """
 from ._xp import array_module, is_cupy  # noqa: F401
 from .layers import ACTIVATIONS, GELU, Layer, Linear, ReLU, Tanh, softmax_cross_entropy  # noqa: F401
 from .model import MLP, Bucket, ParamSlot, Sequential  # noqa: F401
 from .optim import SGD, Adam, AdamW, Optimizer  # noqa: F401
+from .module import Module, clear_cache, saved_arrays, saved_nbytes  # noqa: F401
+from .norms import (LayerNorm, RMSNorm, layernorm_backward, layernorm_forward, rmsnorm_backward,  # noqa: F401
+                    rmsnorm_forward)
+from .attention import (CausalSelfAttention, Dense, attention_backward, attention_forward, merge_heads,  # noqa: F401
+                        split_heads, split_qkv)
+from .transformer import GPT, Block, Embedding, FeedForward, GPTConfig, LMHead  # noqa: F401
 
 __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cross_entropy",
            "Sequential", "MLP", "Bucket", "ParamSlot", "SGD", "Adam", "AdamW", "Optimizer",
-           "array_module", "is_cupy"]
+           "array_module", "is_cupy", "Module", "saved_nbytes", "saved_arrays", "clear_cache",
+           "LayerNorm", "RMSNorm", "layernorm_forward", "layernorm_backward", "rmsnorm_forward",
+           "rmsnorm_backward", "CausalSelfAttention", "Dense", "attention_forward", "attention_backward",
+           "split_qkv", "split_heads", "merge_heads", "GPT", "GPTConfig", "Block", "Embedding",
+           "FeedForward", "LMHead"]

@@ -159,26 +159,34 @@ ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh}
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
-    logits: (batch, num_classes); labels: (batch,) integers in [0, num_classes).
+    logits: (batch, num_classes), or (..., num_classes) with labels (...) (a language
+    model's (batch, seq, vocab) against (batch, seq): the mean over every token);
+    labels: integers in [0, num_classes).
     Returns ``(loss, dlogits)``: loss a Python float, the mean over the batch
-    (PyTorch's ``F.cross_entropy``), and ``dlogits = (softmax(logits) - onehot) / batch``.
-    Uses the log-sum-exp shift, so large logits do not overflow.
+    (PyTorch's ``F.cross_entropy``), and ``dlogits = (softmax(logits) - onehot) / batch``,
+    shaped like logits. Uses the log-sum-exp shift, so large logits do not overflow;
+    16-bit logits are handled in float32 and dlogits returned in their dtype.
     """
     xp = array_module(logits, labels)
-    if logits.ndim != 2:
+    if logits.ndim < 2:
         raise ValueError(f"softmax_cross_entropy: logits must be (batch, num_classes), got shape {tuple(logits.shape)}")
-    n, k = logits.shape
-    if labels.shape != (n,):
-        raise ValueError(f"softmax_cross_entropy: labels must be ({n},) to match logits {tuple(logits.shape)}, "
-                         f"got shape {tuple(labels.shape)}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"softmax_cross_entropy: labels must be {tuple(logits.shape[:-1])} to match logits "
+                         f"{tuple(logits.shape)}, got shape {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"softmax_cross_entropy: labels must be integers, got dtype {labels.dtype}: "
                         f"use y.astype(np.int64)")
+    shape, k = logits.shape, logits.shape[-1]
+    logits, labels = logits.reshape(-1, k), labels.reshape(-1)
+    n = logits.shape[0]
     if n == 0:
         raise ValueError("softmax_cross_entropy: empty batch")
     if int(labels.min()) < 0 or int(labels.max()) >= k:
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}), got min {int(labels.min())}, "
                          f"max {int(labels.max())}: the model's last layer needs one output per class")
+    out_dtype = logits.dtype
+    if logits.dtype.itemsize < 4:
+        logits = logits.astype("float32")
     shifted = logits - logits.max(axis=1, keepdims=True)  # (batch, num_classes)
     exp = xp.exp(shifted)
     sumexp = exp.sum(axis=1, keepdims=True)  # (batch, 1)
@@ -188,7 +196,7 @@ def softmax_cross_entropy(logits, labels):
     dlogits = exp / sumexp  # softmax, (batch, num_classes)
     dlogits[rows, labels] -= 1.0
     dlogits /= n
-    return loss, dlogits
+    return loss, dlogits.astype(out_dtype, copy=False).reshape(shape)
 
 
 __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cross_entropy"]
