@@ -18,7 +18,8 @@ from ``Embedding``, ``Block`` (``LayerNorm``/``RMSNorm`` from norms.py,
 attention core and the norms are also plain functions on arrays
 (``attention_forward/backward`` on (batch, heads, seq, head_dim),
 ``layernorm_forward/backward``), for tensor- and sequence-parallel layers to reuse.
-``saved_nbytes(layer)`` measures the activations a layer keeps for backward.
+``saved_nbytes(layer)`` measures the activations a layer keeps for backward;
+flops.py counts model FLOPs, MFU, model-state and activation memory.
 """
 from ._xp import array_module, is_cupy  # noqa: F401
 from .layers import ACTIVATIONS, GELU, Layer, Linear, ReLU, Tanh, softmax_cross_entropy  # noqa: F401
@@ -30,6 +31,8 @@ from .norms import (LayerNorm, RMSNorm, layernorm_backward, layernorm_forward, r
 from .attention import (CausalSelfAttention, Dense, attention_backward, attention_forward, merge_heads,  # noqa: F401
                         split_heads, split_qkv)
 from .transformer import GPT, Block, Embedding, FeedForward, GPTConfig, LMHead  # noqa: F401
+from .flops import (activation_bytes_per_layer, bytes_per_param, matmul_params, mfu, model_flops,  # noqa: F401
+                    model_state_bytes, model_state_table)
 
 __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cross_entropy",
            "Sequential", "MLP", "Bucket", "ParamSlot", "SGD", "Adam", "AdamW", "Optimizer",
@@ -37,4 +40,5 @@ __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cr
            "LayerNorm", "RMSNorm", "layernorm_forward", "layernorm_backward", "rmsnorm_forward",
            "rmsnorm_backward", "CausalSelfAttention", "Dense", "attention_forward", "attention_backward",
            "split_qkv", "split_heads", "merge_heads", "GPT", "GPTConfig", "Block", "Embedding",
-           "FeedForward", "LMHead"]
+           "FeedForward", "LMHead", "model_flops", "mfu", "matmul_params", "model_state_bytes",
+           "model_state_table", "bytes_per_param", "activation_bytes_per_layer"]
