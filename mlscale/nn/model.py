@@ -245,6 +245,16 @@ class Sequential:
         new._bind()
         return new
 
+    def astype(self, dtype):
+        """A copy of the model with params and grads cast to ``dtype`` (e.g. np.float16)."""
+        new = self.copy()
+        new.dtype = np.dtype(dtype)
+        if new.dtype.kind != "f":
+            raise TypeError(f"astype: a model's dtype must be a float type, got {new.dtype}")
+        new._params, new._grads = new._params.astype(new.dtype), new._grads.astype(new.dtype)
+        new._bind()
+        return new
+
     def state_dict(self):
         """``{name: copy of the parameter}``, ordered as in the flat buffer."""
         return {name: v.copy() for name, v in self.named_params().items()}
