@@ -57,7 +57,7 @@ def test_the_bytes_kept_free_after_backward():
 
 def _count_matmul_flops(monkeypatch):
     """Patch the matmuls the GPT uses to count their FLOPs (2 m n k each)."""
-    from mlscale.nn import attention, transformer
+    from mlscale.nn import attention, embedding
 
     count = [0]
     real_mm, real_probs = attention.matmul, attention._probs
@@ -70,7 +70,7 @@ def _count_matmul_flops(monkeypatch):
         count[0] += 2 * int(np.prod(q.shape[:-1])) * q.shape[-1] * k.shape[-2]  # Q K^T
         return real_probs(q, k, causal)
 
-    for mod in (attention, transformer):
+    for mod in (attention, embedding):
         monkeypatch.setattr(mod, "matmul", mm)
     monkeypatch.setattr(attention, "_probs", probs)
     return count

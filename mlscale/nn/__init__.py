@@ -30,7 +30,8 @@ from .norms import (LayerNorm, RMSNorm, layernorm_backward, layernorm_forward, r
                     rmsnorm_forward)
 from .attention import (CausalSelfAttention, Dense, attention_backward, attention_forward, merge_heads,  # noqa: F401
                         split_heads, split_qkv)
-from .transformer import GPT, Block, Embedding, FeedForward, GPTConfig, LMHead  # noqa: F401
+from .embedding import Embedding, LMHead  # noqa: F401
+from .transformer import GPT, Block, FeedForward, GPTConfig  # noqa: F401
 from .flops import (activation_bytes_per_layer, bytes_per_param, matmul_params, mfu, model_flops,  # noqa: F401
                     model_state_bytes, model_state_table)
 
