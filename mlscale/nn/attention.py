@@ -133,15 +133,17 @@ class Dense(Layer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Dense({self.in_features}, {self.out_features}) got input of shape {tuple(x.shape)}")
         self._x = x
-        y = matmul(x, self.params["weight"])
-        return y + self.params["bias"] if self.bias else y
+        y = matmul(x.reshape(-1, self.in_features), self.params["weight"])  # one GEMM, not one per batch row
+        if self.bias:
+            y += self.params["bias"]
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, dout):  # (..., out_features)
         x2, d2 = self._x.reshape(-1, self.in_features), dout.reshape(-1, self.out_features)
         self.grads["weight"] += matmul(x2.T, d2)
         if self.bias:
             self.grads["bias"] += d2.sum(axis=0, dtype=np.float32 if d2.dtype.itemsize < 4 else d2.dtype)
-        return matmul(dout, self.params["weight"].T)
+        return matmul(d2, self.params["weight"].T).reshape(self._x.shape)
 
     def forward_flops(self, tokens):
         return 2 * tokens * self.in_features * self.out_features

@@ -89,18 +89,17 @@ class LMHead(Layer):
 
     def forward(self, x):  # (batch, seq, d) -> (batch, seq, vocab)
         self._x = x
-        if self.tied_to is not None:
-            return matmul(x, self.tied_to.params["wte"].T)
-        return matmul(x, self.params["weight"])
+        w = self.tied_to.params["wte"].T if self.tied_to is not None else self.params["weight"]
+        return matmul(x.reshape(-1, self.d), w).reshape(x.shape[:-1] + (self.vocab_size,))
 
     def backward(self, dout):
         x2, d2 = self._x.reshape(-1, self.d), dout.reshape(-1, self.vocab_size)
         if self.tied_to is not None:
             wte = self.tied_to.params["wte"]
             self.tied_to.grads["wte"] += matmul(d2.T, x2)  # (vocab, d)
-            return matmul(dout, wte)
+            return matmul(d2, wte).reshape(self._x.shape)
         self.grads["weight"] += matmul(x2.T, d2)
-        return matmul(dout, self.params["weight"].T)
+        return matmul(d2, self.params["weight"].T).reshape(self._x.shape)
 
     def flops_per_sample(self, backward=True):
         return 0  # set per model by GPT (needs seq_len)
