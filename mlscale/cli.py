@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("allreduce", "kernels", "train")
+BENCHES = ("allreduce", "kernels", "train", "gpt")
 
 
 def main(argv=None):

@@ -33,7 +33,7 @@ from .attention import (CausalSelfAttention, Dense, attention_backward, attentio
 from .embedding import Embedding, LMHead  # noqa: F401
 from .transformer import GPT, Block, FeedForward, GPTConfig  # noqa: F401
 from .flops import (activation_bytes_per_layer, bytes_per_param, matmul_params, mfu, model_flops,  # noqa: F401
-                    model_state_bytes, model_state_table)
+                    measure_activation_bytes, model_state_bytes, model_state_table)
 
 __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cross_entropy",
            "Sequential", "MLP", "Bucket", "ParamSlot", "SGD", "Adam", "AdamW", "Optimizer",
@@ -42,4 +42,4 @@ __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cr
            "rmsnorm_backward", "CausalSelfAttention", "Dense", "attention_forward", "attention_backward",
            "split_qkv", "split_heads", "merge_heads", "GPT", "GPTConfig", "Block", "Embedding",
            "FeedForward", "LMHead", "model_flops", "mfu", "matmul_params", "model_state_bytes",
-           "model_state_table", "bytes_per_param", "activation_bytes_per_layer"]
+           "model_state_table", "bytes_per_param", "activation_bytes_per_layer", "measure_activation_bytes"]

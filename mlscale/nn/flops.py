@@ -117,5 +117,33 @@ def activation_bytes_per_layer(seq, batch, hidden, heads, recompute=None, dropou
     return linear + quadratic
 
 
+
+
+def measure_activation_bytes(config, batch, dtype="float16", seed=0):
+    """Per recomputation mode, the bytes one block keeps after a forward of (batch,
+    seq_len) tokens, measured (:func:`saved_nbytes`) beside the formula without dropout
+    and Korthikanti's published one: ``{mode: (measured, formula_no_dropout, paper)}``.
+
+    The measured bytes exceed the no-dropout formula by the norms' per-row statistics
+    only (2 s b values per LayerNorm, s b per RMSNorm; none under full recomputation)."""
+    import numpy as np
+
+    from .module import saved_nbytes
+    from .transformer import GPT
+
+    c = _cfg(config)
+    s, h, a = c.seq_len, c.d_model, c.num_heads
+    x = np.random.default_rng(seed).standard_normal((batch, s, h)).astype(dtype)
+    out = {}
+    for mode in RECOMPUTE:
+        cfg = GPTConfig(**{**c.__dict__, "num_layers": 1, "recompute": mode})
+        block = GPT(cfg, seed=seed, dtype=dtype).blocks[0]
+        block.forward(x)
+        v = np.dtype(dtype).itemsize
+        out[mode] = (saved_nbytes(block), activation_bytes_per_layer(s, batch, h, a, mode, False, v),
+                     activation_bytes_per_layer(s, batch, h, a, mode))
+    return out
+
+
 __all__ = ["matmul_params", "model_flops", "mfu", "model_state_bytes", "bytes_per_param", "model_state_table",
-           "PLAYBOOK_SIZES", "activation_bytes_per_layer"]
+           "PLAYBOOK_SIZES", "activation_bytes_per_layer", "measure_activation_bytes"]
