@@ -103,6 +103,6 @@ def test_bad_recompute_mode():
 def test_measure_activation_bytes_for_the_notebook():
     got = nn.measure_activation_bytes(GPTConfig(**CFG), batch=3)
     s, b, h = 12, 3, 16
-    assert {m: v[0] - v[1] for m, v in got.items()} == {None: 2 * 2 * 2 * s * b * 2, "selective": 2 * 2 * 2 * s * b * 2,
+    assert {m: v[0] - v[1] for m, v in got.items()} == {None: 2 * 2 * s * b * 2, "selective": 2 * 2 * s * b * 2,
                                                           "full": 0}
     assert got["full"][2] == 2 * s * b * h
