@@ -49,3 +49,33 @@ def test_the_argument_check_is_linear_in_the_world_size():
     missing ranks (that was O(p^2): 10.8 s, 1.6 GB). The value is checked; time is not."""
     res = ms.launch(lambda comm: comm.all_reduce(np.ones(4, np.float32)), 2048, trace=False)
     assert all(float(r[0]) == 2048 for r in res)
+
+
+def test_sys_exit_in_a_rank_is_an_error_naming_the_rank_and_code():
+    def program(comm):
+        if comm.rank == 1:
+            raise SystemExit(3)
+        return comm.rank
+
+    with pytest.raises(CommError, match=r"rank 1 of 2 called sys.exit\(3\)"):
+        ms.launch(program, 2)
+
+
+@pytest.mark.parametrize("algorithm", [None, "naive", "tree", "ring", "recursive_doubling", "rabenseifner"])
+@pytest.mark.parametrize("bad", [np.zeros(3), np.zeros((2, 4)), np.zeros(8, np.int32)])
+def test_a_wrong_out_is_an_error_for_every_all_reduce_algorithm(algorithm, bad):
+    def program(comm):
+        return comm.all_reduce(np.ones(8), algorithm=algorithm, out=bad.copy())
+
+    with pytest.raises(CommError, match="out="):
+        ms.launch(program, 3)
+
+
+def test_a_right_out_is_filled_by_the_ring():
+    def program(comm):
+        out = np.empty(8)
+        y = comm.all_reduce(np.full(8, comm.rank + 1.0), algorithm="ring", out=out)
+        return y is out, out
+
+    for same, out in ms.launch(program, 3):
+        assert same and np.array_equal(out, np.full(8, 6.0))

@@ -261,7 +261,11 @@ class Communicator:
         """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
-        if out is not None and getattr(fn, "accepts_out", False):
+        if out is not None and not hasattr(out, "shape"):
+            raise CommError(f"{self._describe()}: out= must be an array, got {type(out).__name__}")
+        fits = out is not None and tuple(out.shape) == tuple(x.shape) and out.dtype == x.dtype and (
+            op != "mean" or x.dtype.kind in "fc")
+        if fits and getattr(fn, "accepts_out", False):  # otherwise _into checks out= and says why
             return _into(out, self._run("all_reduce", fn, x, op, out))
         return _into(out, self._run("all_reduce", fn, x, op))
 

@@ -90,6 +90,11 @@ class Simulator(Mailboxes):
             self.current = None
             if R.exc is not None:
                 self._abort()
+                if isinstance(R.exc, SystemExit):  # never end the caller's script silently
+                    raise CommError(
+                        f"rank {R.rank} of {self.world_size} called sys.exit({R.exc.code!r}) (sim engine); "
+                        "return from the rank's function instead, or raise an exception"
+                    ) from R.exc
                 raise _with_rank(R.exc, R.rank, self.world_size)
         blocked = [R for R in self.entities if R.state == BLOCKED]
         if blocked:
