@@ -79,3 +79,16 @@ def test_a_right_out_is_filled_by_the_ring():
 
     for same, out in ms.launch(program, 3):
         assert same and np.array_equal(out, np.full(8, 6.0))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: c.all_reduce(np.ones(2), op=None), "unknown reduction op None"),
+    (lambda c: c.reduce(np.ones(2), op=None), "unknown reduction op None"),
+    (lambda c: c.broadcast(np.ones(2), root=None), "root=None is not a rank"),
+    (lambda c: c.broadcast(np.ones(2), root=True), "root=True is not a rank"),
+    (lambda c: c.send(np.ones(2), dst=True), "dst=True is not a rank"),
+    (lambda c: c.scatter([np.ones(1)] * 2, root=True), "root=True is not a rank"),
+])
+def test_clear_errors_for_none_and_bools(call, match):
+    with pytest.raises(CommError, match=match):
+        ms.launch(call, 2)

@@ -135,7 +135,7 @@ class Communicator:
         return f"rank {self.rank} of {self.world_size} ({self.backend})"
 
     def _check_peer(self, peer, what):
-        if not isinstance(peer, (int, np.integer)) or not (0 <= peer < self.world_size):
+        if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)) or not (0 <= peer < self.world_size):
             raise CommError(
                 f"{self._describe()}: {what}={peer!r} is not a rank of this communicator; "
                 f"use 0..{self.world_size - 1}"
@@ -229,9 +229,9 @@ class Communicator:
                 f"{self._describe()}: unknown {name} algorithm {algorithm!r}; "
                 f"choose one of {sorted(table)} or None for the engine's own"
             )
-        if op is not None:
-            check_op(op)
-        if root is not None:
+        if op is not None or name in ("all_reduce", "reduce_scatter", "reduce"):
+            check_op(op)  # op=None is an error, not a KeyError deep in an algorithm
+        if root is not None or name in ("broadcast", "reduce", "gather", "scatter"):
             root = self._check_peer(root, "root")
         sigs = None
         if self.check:
@@ -310,6 +310,7 @@ class Communicator:
     def scatter(self, xs, root=0, algorithm=None):
         """``root`` passes a list of ``world_size`` arrays; rank r gets ``xs[r]``.
         Other ranks pass None."""
+        root = self._check_peer(root, "root")
         if self.rank == root:
             if xs is None or len(xs) != self.world_size:
                 n = None if xs is None else len(xs)
