@@ -92,3 +92,18 @@ def test_a_right_out_is_filled_by_the_ring():
 def test_clear_errors_for_none_and_bools(call, match):
     with pytest.raises(CommError, match=match):
         ms.launch(call, 2)
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), "10"])
+def test_a_bad_timeout_is_a_clear_error(timeout):
+    with pytest.raises(CommError, match="timeout="):
+        ms.launch(lambda c: None, 2, timeout=timeout)
+
+
+def test_launch_timeout_ends_an_endless_simulation():
+    def program(comm):  # an endless ping-pong
+        while True:
+            comm.sendrecv(np.ones(1), (comm.rank + 1) % 2, (comm.rank + 1) % 2)
+
+    with pytest.raises(ms.comm.errors.TimeoutError, match=r"launch\(timeout=0.5\)"):
+        ms.launch(program, 2, timeout=0.5, trace=False)

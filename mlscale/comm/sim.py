@@ -18,13 +18,14 @@ every rank waits for and says so (``DeadlockError``).
 from __future__ import annotations
 
 import heapq
+import time
 
 import greenlet
 import numpy as np
 
 from ._sim_mail import Mailboxes
 from ._sim_state import _DIE, _RESUME, BLOCKED, DEAD, DONE, READY, RUNNING, _Killed, _RankState
-from .errors import CommError, DeadlockError, RankFailure
+from .errors import CommError, DeadlockError, RankFailure, TimeoutError
 from .network import NetworkModel
 from .trace import Span, Trace
 
@@ -57,7 +58,7 @@ class Simulator(Mailboxes):
         self.pool = {}
 
     # ------------------------------------------------------------------ the scheduler
-    def run(self, fn, args):
+    def run(self, fn, args, timeout=None):
         from ._sim_comm import SimComm
 
         self.hub = greenlet.getcurrent()
@@ -69,7 +70,16 @@ class Simulator(Mailboxes):
             if R.death is not None:
                 heapq.heappush(self.heap, (float(R.death), _DIE, R.rank, 0))
         heap = self.heap
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        n = 0
         while heap:
+            n += 1
+            if deadline is not None and not n & 255 and time.perf_counter() > deadline:
+                err = TimeoutError(f"the simulation ran past launch(timeout={timeout}) wall-clock seconds at "
+                                   f"virtual t={self.now:.6g} s; what each rank was doing:\n"
+                                   + "\n".join(self._deadlock_message(self.entities).split("\n")[1:-1]))
+                self._abort()
+                raise err
             t, kind, r, tok = heapq.heappop(heap)
             R = self.entities[r]
             if kind == _DIE:
