@@ -135,7 +135,7 @@ class Communicator:
         return f"rank {self.rank} of {self.world_size} ({self.backend})"
 
     def _check_peer(self, peer, what):
-        if not isinstance(peer, (int, np.integer)) or not (0 <= peer < self.world_size):
+        if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)) or not (0 <= peer < self.world_size):
             raise CommError(
                 f"{self._describe()}: {what}={peer!r} is not a rank of this communicator; "
                 f"use 0..{self.world_size - 1}"
@@ -229,9 +229,9 @@ class Communicator:
                 f"{self._describe()}: unknown {name} algorithm {algorithm!r}; "
                 f"choose one of {sorted(table)} or None for the engine's own"
             )
-        if op is not None:
-            check_op(op)
-        if root is not None:
+        if op is not None or name in ("all_reduce", "reduce_scatter", "reduce"):
+            check_op(op)  # op=None is an error, not a KeyError deep in an algorithm
+        if root is not None or name in ("broadcast", "reduce", "gather", "scatter"):
             root = self._check_peer(root, "root")
         sigs = None
         if self.check:
@@ -261,7 +261,11 @@ class Communicator:
         """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
-        if out is not None and getattr(fn, "accepts_out", False):
+        if out is not None and not hasattr(out, "shape"):
+            raise CommError(f"{self._describe()}: out= must be an array, got {type(out).__name__}")
+        fits = out is not None and tuple(out.shape) == tuple(x.shape) and out.dtype == x.dtype and (
+            op != "mean" or x.dtype.kind in "fc")
+        if fits and getattr(fn, "accepts_out", False):  # otherwise _into checks out= and says why
             return _into(out, self._run("all_reduce", fn, x, op, out))
         return _into(out, self._run("all_reduce", fn, x, op))
 
@@ -306,6 +310,7 @@ class Communicator:
     def scatter(self, xs, root=0, algorithm=None):
         """``root`` passes a list of ``world_size`` arrays; rank r gets ``xs[r]``.
         Other ranks pass None."""
+        root = self._check_peer(root, "root")
         if self.rank == root:
             if xs is None or len(xs) != self.world_size:
                 n = None if xs is None else len(xs)

@@ -32,7 +32,8 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     device   "cpu" or "gpu" (sim with "gpu": every rank's arrays are CuPy arrays on the
              one GPU of this machine; "N logical GPUs on one device")
     network  a ``NetworkModel`` (sim only)
-    timeout  wall-clock seconds for mpi/nccl runs
+    timeout  wall-clock seconds for the whole run (sim: checked at every scheduler switch,
+             so a rank spinning in Python without communicating is not interrupted)
     mpiexec_args  extra mpiexec arguments for mpi/nccl runs, e.g. ``["-f", "hosts"]``
              (MPICH) to spread the ranks over the machines of a hostfile
     """
@@ -47,6 +48,9 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     if not isinstance(args, (tuple, list)):
         args = (args,)
     world_size = int(world_size)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number))
+                                or not np.isfinite(timeout) or timeout <= 0):
+        raise CommError(f"timeout={timeout!r} must be a number of wall-clock seconds > 0, or None for no limit")
 
     if backend == "sim":
         from .sim import Simulator
@@ -55,7 +59,7 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
         if device == "gpu":
             xp = _cupy_or_explain()
         sim = Simulator(world_size, network, xp=xp, record_trace=trace)
-        res = Results(sim.run(fn, tuple(args)))
+        res = Results(sim.run(fn, tuple(args), timeout=timeout))
         res.backend = "sim"
         res.trace = sim.trace
         res.clocks = [R.clock for R in sim.ranks]

@@ -18,13 +18,14 @@ every rank waits for and says so (``DeadlockError``).
 from __future__ import annotations
 
 import heapq
+import time
 
 import greenlet
 import numpy as np
 
 from ._sim_mail import Mailboxes
 from ._sim_state import _DIE, _RESUME, BLOCKED, DEAD, DONE, READY, RUNNING, _Killed, _RankState
-from .errors import CommError, DeadlockError, RankFailure
+from .errors import CommError, DeadlockError, RankFailure, TimeoutError
 from .network import NetworkModel
 from .trace import Span, Trace
 
@@ -53,10 +54,11 @@ class Simulator(Mailboxes):
         self.current = None
         self.hub = None
         self.ndropped = {}
+        self.ndead = 0  # ranks dead so far
         self.pool = {}
 
     # ------------------------------------------------------------------ the scheduler
-    def run(self, fn, args):
+    def run(self, fn, args, timeout=None):
         from ._sim_comm import SimComm
 
         self.hub = greenlet.getcurrent()
@@ -68,7 +70,16 @@ class Simulator(Mailboxes):
             if R.death is not None:
                 heapq.heappush(self.heap, (float(R.death), _DIE, R.rank, 0))
         heap = self.heap
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        n = 0
         while heap:
+            n += 1
+            if deadline is not None and not n & 255 and time.perf_counter() > deadline:
+                err = TimeoutError(f"the simulation ran past launch(timeout={timeout}) wall-clock seconds at "
+                                   f"virtual t={self.now:.6g} s; what each rank was doing:\n"
+                                   + "\n".join(self._deadlock_message(self.entities).split("\n")[1:-1]))
+                self._abort()
+                raise err
             t, kind, r, tok = heapq.heappop(heap)
             R = self.entities[r]
             if kind == _DIE:
@@ -89,6 +100,11 @@ class Simulator(Mailboxes):
             self.current = None
             if R.exc is not None:
                 self._abort()
+                if isinstance(R.exc, SystemExit):  # never end the caller's script silently
+                    raise CommError(
+                        f"rank {R.rank} of {self.world_size} called sys.exit({R.exc.code!r}) (sim engine); "
+                        "return from the rank's function instead, or raise an exception"
+                    ) from R.exc
                 raise _with_rank(R.exc, R.rank, self.world_size)
         blocked = [R for R in self.entities if R.state == BLOCKED]
         if blocked:
@@ -185,6 +201,7 @@ class Simulator(Mailboxes):
             R.clock = t
 
     def _die(self, R, t):
+        self.ndead += 1  # (a rank dies once: callers only kill live ranks)
         for E in self.members[R.rank]:  # a rank dies with its background tasks
             if E.state != DONE:
                 E.state = DEAD
@@ -267,19 +284,41 @@ class Simulator(Mailboxes):
                     self._wake(E, E.clock)
         while key not in self.agreed:
             board = self.boards[key]
-            dead = [comm.group.index(g) for g in comm.group if self.ranks[g].state == DEAD]
-            if dead:
-                raise RankFailure(
-                    f"rank {comm.rank} waits in {sig[0]} (collective #{comm._coll_seq}) for rank(s) "
-                    f"{dead}, which died", failed_rank=dead[0],
-                )
-            missing = [r for r in range(comm.world_size) if r not in board]
-            self._block(R, f"{sig[0]} (collective #{comm._coll_seq}), waiting for rank(s) {missing} to call it")
+            if self.ndead:  # only scan the group when some rank has died (O(p) once per death)
+                dead = [g for g in comm.group if self.ranks[g].state == DEAD]
+                if dead:
+                    raise RankFailure(
+                        f"rank {comm.rank} (global rank {comm.group[comm.rank]}) waits in {sig[0]} "
+                        f"(collective #{comm._coll_seq + 1}) for global rank(s) {dead}, which died",
+                        failed_rank=dead[0],
+                    )
+            # the list of missing ranks is built only if a deadlock report needs it
+            self._block(R, _Missing(comm, board, sig[0], comm._coll_seq + 1))
         entry = self.agreed[key]
         entry[1] -= 1
         if entry[1] == 0:
             del self.agreed[key]
         return entry[0]
+
+
+class _Missing:
+    """What a rank waits for in a collective, formatted only when asked (a deadlock
+    report): building the list of missing ranks for every waiting rank would cost
+    O(p) each, O(p^2) per collective."""
+
+    __slots__ = ("comm", "board", "name", "seq")
+
+    def __init__(self, comm, board, name, seq):
+        self.comm, self.board, self.name, self.seq = comm, board, name, seq
+
+    def __str__(self):
+        c = self.comm
+        missing = [r for r in range(c.world_size) if r not in self.board]
+        glob = [c.group[r] for r in missing]
+        who = f"global rank(s) {glob}" if glob != missing else f"rank(s) {missing}"
+        if glob != missing:
+            who += f" (local rank(s) {missing} of this sub-communicator)"
+        return f"{self.name} (collective #{self.seq}), waiting for {who} to call it"
 
 
 def _mismatch_message(comm, other, theirs, mine):
@@ -296,7 +335,7 @@ def _mismatch_message(comm, other, theirs, mine):
     ]
     where = f"a sub-communicator of global ranks {list(comm.group)}" if sub else f"{comm.world_size} ranks"
     return (
-        f"collective #{comm._coll_seq} on {where}: ranks disagree ("
+        f"collective #{comm._coll_seq + 1} on {where}: ranks disagree ("
         + "; ".join(diffs)
         + "). Every rank must call the same collective, in the same order, with the same "
         "shape, dtype, op, algorithm and root."
