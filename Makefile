@@ -1,11 +1,12 @@
 # make lab   : creates .venv on first use, installs mlscale with the course extras, starts JupyterLab
-# make test  : same environment, the whole test suite, notebooks included (nbval)
+# make test  : same environment, the whole test suite, then the notebooks (nbval) under
+#              one thread and each OpenBLAS kernel family the CPU runs (make test-notebooks)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test test-fast bench doctor clean
+.PHONY: lab test test-python test-notebooks test-fast bench doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +17,26 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$(test "$$(id -u)" = 0 && echo --allow-root)
 
-test: $(STAMP)
-	$(PY) -m pytest -q -ra tests notebooks/*.ipynb --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=120 -p no:cacheprovider
+# The notebooks' stored outputs must not depend on the machine: nbval runs them once with one
+# thread (this CPU's own BLAS kernels), then under each other OpenBLAS kernel family this CPU
+# can run (a family newer than the CPU crashes, so it is chosen from /proc/cpuinfo's flags).
+NBVAL      := --nbval --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=120 -p no:cacheprovider
+ONE_THREAD := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+CPUFLAGS   := $(shell test "$$(uname -m)" = x86_64 && grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+CORETYPES  ?= $(if $(filter avx,$(CPUFLAGS)),Sandybridge) $(if $(filter avx2,$(CPUFLAGS)),Haswell)
+
+test: test-python test-notebooks
+
+test-python: $(STAMP)
+	$(PY) -m pytest -q -ra tests -p no:cacheprovider
+
+test-notebooks: $(STAMP)
+	@echo "== notebooks, one thread"
+	$(ONE_THREAD) $(PY) -m pytest -q -ra notebooks/*.ipynb $(NBVAL)
+	@set -e; for c in $(CORETYPES); do \
+	  echo "== notebooks, OPENBLAS_CORETYPE=$$c"; \
+	  OPENBLAS_CORETYPE=$$c $(PY) -m pytest -q -ra notebooks/*.ipynb $(NBVAL); \
+	done
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x tests
