@@ -20,6 +20,9 @@ from .tensor import (ColumnParallelLinear, NaiveParallelMLP, ParallelMLP, RowPar
                      split_like)
 from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_nbytes,  # noqa: F401
                       ring_all_reduce_wire_bytes, shard_range, shard_sizes)
+from .sequence import GatherFromSP, ReduceScatterToSP, ScatterToSP, check_sequence_parallel, count_kinds, seq_range  # noqa: F401,E501
+from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFeedForward, TPSelfAttention,  # noqa: F401
+                           shard_block_state)
 from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -28,4 +31,7 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "PipelineParallel", "PipelineStage", "partition_layers", "PipeComm",
            "SCHEDULES", "Slot", "gpipe_schedule", "one_f_one_b_schedule", "stage_ops", "timeline", "play",
            "makespan", "bubble_fraction", "measured_bubble", "peak_in_flight", "plot_schedule",
+           "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
+           "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
+           "shard_block_state",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]
