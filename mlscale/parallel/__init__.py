@@ -6,6 +6,7 @@ communication beside the math).
 - pipeline parallel (GPipe, Huang et al. 2019; 1F1B, Narayanan et al. 2021):
   ``pipeline.py`` (stages, the runtime) and ``pp_schedule.py`` (schedules as pure data,
   bubble fraction, Gantt charts), ``pp_comm.py`` (send/recv between neighbour stages);
+- 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather).
 
@@ -23,6 +24,8 @@ from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_n
 from .sequence import GatherFromSP, ReduceScatterToSP, ScatterToSP, check_sequence_parallel, count_kinds, seq_range  # noqa: F401,E501
 from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFeedForward, TPSelfAttention,  # noqa: F401
                            shard_block_state)
+from .three_d import (global_losses, mesh_comms, mesh_coords, shard_gpt_state, tp_gpt, train_3d,  # noqa: F401
+                      train_single)
 from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -33,5 +36,6 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "makespan", "bubble_fraction", "measured_bubble", "peak_in_flight", "plot_schedule",
            "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
            "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
-           "shard_block_state",
+           "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
+           "train_single", "global_losses",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]
