@@ -84,3 +84,33 @@ def test_clear_errors(oracle):
     tied = nn.GPTConfig(vocab_size=11, seq_len=8, d_model=16, num_heads=4, num_layers=2, tie_embeddings=True)
     with pytest.raises(ValueError, match="tie_embeddings=False"):
         ms.launch(train_3d, 1, args=(tied, oracle[0]))
+
+
+def test_loss_curves_coincide_and_fall():
+    batches = _batches(n=4, b=4, seed=1)
+    curves = ms.parallel.loss_curves(CFG, batches, lr=LR)
+    assert list(curves) == ["1 device", "DP", "TP", "PP", "3D"]
+    for name, losses in curves.items():
+        np.testing.assert_allclose(losses, curves["1 device"], **TOL, err_msg=name)
+    import matplotlib
+    matplotlib.use("Agg")
+    ax = ms.parallel.plot_loss_curves(curves)
+    assert len(ax.lines) == 5
+
+
+def test_mfu_on_sim_from_virtual_time():
+    """Compute charged at the NetworkModel's rate: with free communication one device's
+    MFU is 1 (the charged FLOPs are the model FLOPs); tensor parallelism repeats the
+    replicated LM head on both ranks, and communication adds time."""
+    batches = _batches(n=2)
+    free = ms.NetworkModel(alpha=0.0, beta=0.0, flops=1e9)
+    one = ms.launch(train_3d, 1, args=(CFG, batches, 1, 1, 1, 2, LR), network=free)
+    m1 = ms.parallel.sim_mfu(CFG, batches, one, 1e9)
+    assert m1 == pytest.approx(1.0, rel=1e-12)  # every model FLOP charged, nothing else
+    tp = ms.launch(train_3d, 2, args=(CFG, batches, 1, 1, 2, 2, LR), network=free)
+    m2 = ms.parallel.sim_mfu(CFG, batches, tp, 1e9)
+    head = 6 * CFG.d_model * CFG.vocab_size  # FLOPs per token of the LM head, done by both tp ranks
+    total = nn.model_flops(CFG, 1)  # per token; the blocks' share is split in two
+    assert m2 == pytest.approx(total / ((total - head) + 2 * head), rel=1e-12)
+    slow = ms.launch(train_3d, 2, args=(CFG, batches, 1, 1, 2, 2, LR), network=ms.NetworkModel(flops=1e9))
+    assert ms.parallel.sim_mfu(CFG, batches, slow, 1e9) < m2  # communication costs time

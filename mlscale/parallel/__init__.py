@@ -24,8 +24,8 @@ from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_n
 from .sequence import GatherFromSP, ReduceScatterToSP, ScatterToSP, check_sequence_parallel, count_kinds, seq_range  # noqa: F401,E501
 from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFeedForward, TPSelfAttention,  # noqa: F401
                            shard_block_state)
-from .three_d import (global_losses, mesh_comms, mesh_coords, shard_gpt_state, tp_gpt, train_3d,  # noqa: F401
-                      train_single)
+from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coords, plot_loss_curves,  # noqa: F401
+                      shard_gpt_state, sim_mfu, tp_gpt, train_3d, train_single)
 from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -37,5 +37,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
            "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
            "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
-           "train_single", "global_losses",
+           "train_single", "global_losses", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]

@@ -205,4 +205,56 @@ def global_losses(results):
     return [float(np.mean(v)) for v in zip(*last)]
 
 
-__all__ = ["mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d", "train_single", "global_losses", "DIMS"]
+
+
+LAYOUTS = {"DP": (2, 1, 1), "TP": (1, 1, 2), "PP": (1, 2, 1), "3D": (2, 2, 2)}
+
+
+def loss_curves(cfg, batches, layouts=None, num_microbatches=2, lr=1e-3, sequence_parallel=True, seed=0,
+                backend="sim", network=None):
+    """Picotron's sanity check: ``{name: per-step losses}`` of one device ("1 device")
+    and of each ``{name: (dp, pp, tp)}`` layout (default DP, TP, PP and 3D on 2/2/2/8
+    ranks) trained on the same ``batches``: in float64 the curves coincide."""
+    from ..comm.launch import launch
+
+    layouts = LAYOUTS if layouts is None else layouts
+    curves = {"1 device": train_single(cfg, batches, lr=lr, seed=seed)[0]}
+    for name, (dp, pp, tp) in layouts.items():
+        res = launch(train_3d, dp * pp * tp, args=(cfg, batches, dp, pp, tp, num_microbatches, lr,
+                                                     sequence_parallel, True, seed), backend=backend, network=network)
+        curves[name] = global_losses(res)
+    return curves
+
+
+def plot_loss_curves(curves, ax=None):
+    """One line per layout (markers so that coinciding curves still show); returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    markers = "o^sv*Dx"
+    for i, (name, losses) in enumerate(curves.items()):
+        ax.plot(range(1, len(losses) + 1), losses, marker=markers[i % len(markers)], markersize=9 - 1.2 * i,
+                linestyle="-" if i == 0 else "--", label=name, alpha=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    return ax
+
+
+def sim_mfu(cfg, batches, results, peak_flops):
+    """MFU of a simulated run: ``nn.model_flops`` of the tokens trained, over the virtual
+    seconds of the slowest rank times world_size times the declared ``peak_flops``
+    (the ``NetworkModel.flops`` rate the simulator charged compute at)."""
+    from ..nn.flops import mfu
+
+    clocks = [r["clock"] for r in results]
+    if any(c is None for c in clocks) or max(clocks) <= 0:
+        raise ValueError("sim_mfu needs a sim run that charged compute (virtual clocks > 0); on MPI time the "
+                         "run with the wall clock and call nn.mfu directly")
+    tokens = sum(int(np.asarray(x).size) for x, _ in batches)
+    return mfu(cfg, tokens / max(clocks), peak_flops, num_devices=len(results))
+
+
+__all__ = ["mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d", "train_single", "global_losses",
+           "DIMS", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu"]
