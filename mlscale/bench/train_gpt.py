@@ -42,8 +42,8 @@ def config(args):
 
 def batches(cfg, batch, steps, seed=0):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(0, cfg.vocab_size, (batch, cfg.seq_len)), rng.integers(0, cfg.vocab_size, (batch, cfg.seq_len)))
-            for _ in range(steps)]
+    shape = (batch, cfg.seq_len)
+    return [(rng.integers(0, cfg.vocab_size, shape), rng.integers(0, cfg.vocab_size, shape)) for _ in range(steps)]
 
 
 def sim_row(cfg, data, dims, network, peak, microbatches):
