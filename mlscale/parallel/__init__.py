@@ -21,7 +21,8 @@ from .tensor import (ColumnParallelLinear, NaiveParallelMLP, ParallelMLP, RowPar
                      split_like)
 from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_nbytes,  # noqa: F401
                       ring_all_reduce_wire_bytes, shard_range, shard_sizes)
-from .sequence import GatherFromSP, ReduceScatterToSP, ScatterToSP, check_sequence_parallel, count_kinds, seq_range  # noqa: F401,E501
+from .sequence import (GatherFromSP, ReduceScatterToSP, ScatterToSP, check_sequence_parallel, count_kinds,  # noqa: F401
+                       seq_range)
 from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFeedForward, TPSelfAttention,  # noqa: F401
                            shard_block_state)
 from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coords, plot_loss_curves,  # noqa: F401
