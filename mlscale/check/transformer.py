@@ -32,7 +32,7 @@ number written in mixed radix (tp is the ones digit):
         rank //= n
     return tuple(reversed(coords))
 So on (dp, pp, tp) = (2, 2, 2), rank 5 = 1*4 + 0*2 + 1 is at (1, 0, 1).
-Still stuck? mlscale.check.solution("mesh_coordinates")"""
+Still stuck? from mlscale.check import solution; solution("mesh_coordinates")"""
 
 SP_HINT = """\
 comm.reduce_scatter(x) sums x over the ranks and gives rank r chunk r of the FLATTENED
@@ -42,7 +42,7 @@ result (np.array_split). Chunks must be whole tokens: move the sequence to the f
     mine = comm.reduce_scatter(s_first.reshape(-1), op="sum")   # my seq/t tokens, flat
     b, s, d = partial.shape
     return mine.reshape(s // comm.world_size, b, d).swapaxes(0, 1)
-Still stuck? mlscale.check.solution("sp_reduce_scatter")"""
+Still stuck? from mlscale.check import solution; solution("sp_reduce_scatter")"""
 
 
 def mesh_coordinates_solution(rank, sizes):
