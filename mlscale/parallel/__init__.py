@@ -7,6 +7,7 @@ communication beside the math).
   ``pipeline.py`` (stages, the runtime) and ``pp_schedule.py`` (schedules as pure data,
   bubble fraction, Gantt charts), ``pp_comm.py`` (send/recv between neighbour stages);
 - 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
+- the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather).
 
@@ -27,6 +28,7 @@ from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFee
                            shard_block_state)
 from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coords, plot_loss_curves,  # noqa: F401
                       shard_gpt_state, sim_mfu, tp_gpt, train_3d, train_single)
+from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
 from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -39,4 +41,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
            "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
            "train_single", "global_losses", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
+           "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]
