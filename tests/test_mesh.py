@@ -92,7 +92,7 @@ def test_describe_and_rank_of():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"dp=2 x tp=3 = 6 ranks, but the communicator has world_size=4"):
+    with pytest.raises(ValueError, match=r"dp x tp = 2 x 3 = 6 ranks, but the communicator has world_size=4"):
         ms.launch(lambda c: Mesh(c, {"dp": 2, "tp": 3}), 4)
     with pytest.raises(ValueError, match="tp=0 must be a whole number"):
         mesh_layout({"dp": 2, "tp": 0})

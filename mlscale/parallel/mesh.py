@@ -77,7 +77,7 @@ def _check_sizes(sizes, world_size=None):
             raise ValueError(f"Mesh: {d}={n!r} must be a whole number >= 1")
     shape = tuple(int(n) for n in sizes.values())
     if world_size is not None and prod(shape) != world_size:
-        expr = " x ".join(f"{d}={n}" for d, n in zip(dims, shape))
+        expr = " x ".join(dims) + " = " + " x ".join(map(str, shape))
         raise ValueError(f"Mesh {dict(zip(dims, shape))}: {expr} = {prod(shape)} ranks, but the communicator has "
                          f"world_size={world_size}; pick sizes whose product is {world_size}")
     return dims, shape

@@ -37,6 +37,7 @@ from ..nn.layers import Layer
 from ..nn.model import Sequential
 from ..nn.norms import NORMS
 from ..nn.transformer import GPT, GPTConfig
+from .mesh import Mesh
 from .pipeline import PipelineParallel
 from .sequence import GatherFromSP, ScatterToSP, check_sequence_parallel
 from .tp_attention import TPBlock, shard_block_state
@@ -56,22 +57,10 @@ def mesh_coords(rank, sizes):
 
 def mesh_comms(comm, dp=1, pp=1, tp=1):
     """``(coords, {"dp": comm, "pp": comm, "tp": comm})`` of this rank on the (dp, pp, tp)
-    grid; each sub-communicator joins the ranks that differ only in that coordinate
-    (``comm.split``), ranked by it."""
-    sizes = (dp, pp, tp)
-    for name, n in zip(DIMS, sizes):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"mesh: {name}={n!r} must be a whole number >= 1")
-    if dp * pp * tp != comm.world_size:
-        raise ValueError(f"mesh (dp, pp, tp) = {sizes}: {dp} x {pp} x {tp} = {dp * pp * tp} ranks, but the "
-                         f"communicator has world_size={comm.world_size}; pick sizes whose product is it")
-    coords = mesh_coords(comm.rank, sizes)
-    comms = {}
-    for i, name in enumerate(DIMS):  # same color = same coordinates on every other dim
-        others = tuple(c for j, c in enumerate(coords) if j != i)
-        comms[name] = comm.split(color=int(np.ravel_multi_index(others, [s for j, s in enumerate(sizes) if j != i]))
-                                 if others else 0, key=coords[i])
-    return dict(zip(DIMS, coords)), comms
+    grid, from ``Mesh(comm, {"dp": dp, "pp": pp, "tp": tp})`` (mesh.py): each
+    sub-communicator joins the ranks that differ only in that coordinate, ranked by it."""
+    mesh = Mesh(comm, dict(zip(DIMS, (dp, pp, tp))))
+    return dict(mesh.coords), {name: mesh[name] for name in DIMS}
 
 
 class _SeqLayer(Layer):
