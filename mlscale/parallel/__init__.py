@@ -9,7 +9,8 @@ communication beside the math).
 - 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
-  ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather).
+  ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather) and ``fsdp.py`` (ZeRO-2
+  and ZeRO-3 / FSDP of any nn model, unit by unit, with prefetch and measured memory).
 
 Every class takes ``comm`` explicitly and runs on any engine; tests run them on ``sim``.
 """
@@ -29,7 +30,9 @@ from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFee
 from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coords, plot_loss_curves,  # noqa: F401
                       shard_gpt_state, sim_mfu, tp_gpt, train_3d, train_single)
 from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
-from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
+from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_bytes_per_param,  # noqa: F401
+                   zero_memory, zero_memory_by_kind)
+from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
            "CopyToTP", "ReduceFromTP", "GatherFromTP", "count_calls", "count_nbytes",
@@ -42,4 +45,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
            "train_single", "global_losses", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
            "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
-           "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]
+           "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind",
+           "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units"]

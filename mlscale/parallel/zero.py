@@ -31,6 +31,10 @@ A ring reduce-scatter plus a ring all-gather move exactly the bytes of one ring
 all-reduce (that is how the ring all-reduce works), so ZeRO-1 costs data parallelism no
 extra communication. ``naive=True`` all-reduces the whole gradient first (what one
 would write first): the same result, 1.5 times the bytes.
+
+ZeRO-2 and ZeRO-3 (FSDP) of any ``nn`` model, unit by unit, are in ``fsdp.py``; the exact
+formulas their tests hold them to (memory per rank and kind, ring bytes per rank) are
+``zero_memory_by_kind``, ``ring_bytes_per_rank`` and ``wire_bytes`` here.
 """
 from __future__ import annotations
 
@@ -41,22 +45,79 @@ ADAM_K = 12
 STAGES = (0, 1, 2, 3)
 
 
-def zero_bytes_per_param(stage, world_size, k=ADAM_K):
+def zero_bytes_per_param(stage, world_size, k=ADAM_K, param_bytes=2, grad_bytes=2):
     """Bytes per parameter on each device under ZeRO ``stage`` (0 = plain data parallel)
-    with ``world_size`` = N ranks and K bytes of optimizer state (ZeRO, section 5.1)."""
+    with ``world_size`` = N ranks and K bytes of optimizer state (ZeRO, section 5.1).
+    ``param_bytes``/``grad_bytes``: 2 for fp16 (the paper); 8 and 8 with k=16 for a
+    float64 model trained by float64 Adam (m and v), as the tests run it."""
     if stage not in STAGES:
         raise ValueError(f"ZeRO stage={stage!r}: use 0 (plain data parallel), 1, 2 or 3")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size={world_size!r} must be a whole number >= 1")
-    n = world_size
-    return {0: 2 + 2 + k, 1: 2 + 2 + k / n, 2: 2 + (2 + k) / n, 3: (2 + 2 + k) / n}[stage]
+    n, P, G = world_size, param_bytes, grad_bytes
+    return {0: P + G + k, 1: P + G + k / n, 2: P + (G + k) / n, 3: (P + G + k) / n}[stage]
 
 
-def zero_memory(num_params, world_size, stage, k=ADAM_K):
+def zero_memory(num_params, world_size, stage, k=ADAM_K, param_bytes=2, grad_bytes=2):
     """Bytes per device of parameters + gradients + optimizer state (no activations)."""
     if num_params < 0:
         raise ValueError(f"num_params={num_params!r} must be >= 0")
-    return num_params * zero_bytes_per_param(stage, world_size, k)
+    return num_params * zero_bytes_per_param(stage, world_size, k, param_bytes, grad_bytes)
+
+
+def zero_memory_by_kind(unit_sizes, world_size, rank, stage, itemsize=8, state_per_param=2,
+                        prefetch=True, overlap=True):
+    """Exact peak bytes ``{"params", "grads", "optimizer"}`` that ``FSDP`` (fsdp.py) holds
+    on ``rank`` for units of ``unit_sizes`` elements: the ZeRO model with rank's real
+    chunk sizes (``np.array_split``: the first ``n % p`` ranks get one more), plus the unit
+    buffers in flight. Stage 3 params: my shard + the largest unit gathered (the largest
+    two neighbours with ``prefetch``); stages 2-3 grads: my shard + the largest unit (two
+    neighbours with ``overlap``). ``state_per_param``: Adam keeps m and v (2)."""
+    mine = sum(shard_range(n, world_size, rank)[1] - shard_range(n, world_size, rank)[0] for n in unit_sizes)
+    total = sum(unit_sizes)
+
+    def in_flight(two):
+        pairs = [a + b for a, b in zip(unit_sizes, unit_sizes[1:])] if two and len(unit_sizes) > 1 else []
+        return max(pairs + list(unit_sizes) + [0])
+
+    params = total if stage <= 2 else mine + in_flight(prefetch)
+    grads = total if stage <= 1 else mine + in_flight(overlap)
+    state = total if stage == 0 else mine
+    return {"params": params * itemsize, "grads": grads * itemsize, "optimizer": state * state_per_param * itemsize}
+
+
+def ring_bytes_per_rank(kind, n, world_size, itemsize=8):
+    """Bytes each rank sends in one ring ``kind`` ("all_reduce", "reduce_scatter",
+    "all_gather") of n elements, chunks cut as ``np.array_split``. Each phase passes p-1
+    chunks round the ring, so all ranks together send exactly (p-1) n per phase whatever n;
+    but rank r skips one chunk per phase, and with n % p != 0 the chunks differ by one
+    element: reduce-scatter (rank r ends with chunk r) skips chunk r, the all-gather
+    skips chunk r+1, the all-reduce skips chunks r+1 and r+2 (mod p)."""
+    sizes = [shard_range(n, world_size, r)[1] - shard_range(n, world_size, r)[0] for r in range(world_size)]
+    p = world_size
+    skip = {"reduce_scatter": (0,), "all_gather": (1,), "all_reduce": (1, 2)}
+    if kind not in skip:
+        raise ValueError(f"ring_bytes_per_rank: kind={kind!r}, use one of {sorted(skip)}")
+    if p == 1:
+        return [0]
+    return [sum(n - sizes[(r + d) % p] for d in skip[kind]) * itemsize for r in range(p)]
+
+
+def wire_bytes(unit_sizes, world_size, stage, itemsize=8, per_rank=False):
+    """Bytes on the wire per training step of ``FSDP`` (ring collectives, one per unit):
+    stage 0 an all-reduce, stages 1-2 a reduce-scatter + an all-gather (the same total:
+    2(p-1) N), stage 3 two all-gathers + a reduce-scatter (3(p-1) N, 1.5x). ``per_rank``:
+    the list of what each rank sends (see ``ring_bytes_per_rank``)."""
+    if stage not in STAGES:
+        raise ValueError(f"ZeRO stage={stage!r}: use 0, 1, 2 or 3")
+    kinds = {0: ("all_reduce",), 1: ("reduce_scatter", "all_gather"), 2: ("reduce_scatter", "all_gather"),
+             3: ("reduce_scatter", "all_gather", "all_gather")}[stage]
+    out = [0] * world_size
+    for n in unit_sizes:
+        if n:
+            for kind in kinds:
+                out = [a + b for a, b in zip(out, ring_bytes_per_rank(kind, n, world_size, itemsize))]
+    return out if per_rank else sum(out)
 
 
 class ZeroOptimizer:
@@ -110,4 +171,5 @@ class ZeroOptimizer:
         return sum(int(v.size) for v in self.optimizer.state_dict().values() if hasattr(v, "size"))
 
 
-__all__ = ["ADAM_K", "STAGES", "zero_bytes_per_param", "zero_memory", "ZeroOptimizer"]
+__all__ = ["ADAM_K", "STAGES", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind", "ring_bytes_per_rank",
+           "wire_bytes", "ZeroOptimizer"]
