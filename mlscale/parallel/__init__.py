@@ -33,6 +33,7 @@ from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
 from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_bytes_per_param,  # noqa: F401
                    zero_memory, zero_memory_by_kind)
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
+from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
            "CopyToTP", "ReduceFromTP", "GatherFromTP", "count_calls", "count_nbytes",
@@ -46,4 +47,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "train_single", "global_losses", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
            "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind",
-           "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units"]
+           "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units",
+           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline"]
