@@ -25,7 +25,8 @@ def _one_step(comm, make_model, batch, stage, lr, kw):
     loss = float(fsdp.loss_and_grad(*split_batch((np.asarray(x), np.asarray(y)), comm.rank, comm.world_size)))
     fsdp.step()
     t1 = comm.clock if comm.backend == "sim" else None
-    return {"peak": dict(fsdp.ledger.peak), "peak_total": fsdp.ledger.peak_total, "units": [u.numel for u in fsdp.units], "loss": loss,
+    return {"peak": dict(fsdp.ledger.peak), "peak_total": fsdp.ledger.peak_total,
+            "units": [u.numel for u in fsdp.units], "loss": loss,
             "time": None if t0 is None else t1 - t0, "itemsize": fsdp.itemsize}
 
 
@@ -40,7 +41,8 @@ def run_step(make_model, batch, world_size, stage=3, network=None, lr=1e-3, **kw
 
 def zero_stages(make_model, batch, world_size, stages=(0, 1, 2, 3), network=None, lr=1e-3):
     """For each stage: ``{"stage", "params", "grads", "optimizer"`` (measured peak bytes of
-    rank 0; ``"peak_total"`` the peak of their sum), ``"model"`` (its ZeRO-model prediction, ``zero_memory_by_kind``), ``"paper"``
+    rank 0; ``"peak_total"`` the peak of their sum), ``"model"`` (its ZeRO-model
+    prediction, ``zero_memory_by_kind``), ``"paper"``
     (``zero_memory`` of zero.py with this dtype: the unit buffers in flight left out),
     ``"wire"`` (bytes all ranks sent in the step, from the trace), ``"wire_formula"``,
     ``"wire_vs_dp"``}."""

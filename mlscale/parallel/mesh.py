@@ -40,7 +40,8 @@ def _parse_order(dims, order):
         unknown = [d for d in dims if d not in MEGATRON_ORDER]
         if unknown:
             raise ValueError(f"Mesh(order='megatron'): dims {unknown} are not in Megatron-LM's order "
-                             f"{'-'.join(MEGATRON_ORDER)}; name the order yourself, e.g. order={'-'.join(dims[::-1])!r}")
+                             f"{'-'.join(MEGATRON_ORDER)}; name the order yourself, fastest first, "
+                             f"e.g. order={'-'.join(dims[::-1])!r}")
         return tuple(d for d in MEGATRON_ORDER if d in dims)
     names = tuple(order.split("-")) if isinstance(order, str) else tuple(order)
     if sorted(names) != sorted(dims):
