@@ -57,3 +57,11 @@ def test_timeline_figure():
     assert any(lab.startswith("all_gather") for lab in labels) and "forward" in labels
     assert all(len(ax.patches) > 0 for ax in axes)
     assert "prefetch" in axes[1].get_title() and "no prefetch" in axes[0].get_title()
+
+
+def test_bench_fsdp_prints_the_table(capsys):
+    from mlscale.bench.fsdp import main
+
+    assert main(["--d-model", "16", "--layers", "2", "--seq-len", "8", "--vocab", "11", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "| ZeRO-3 |" in out and "1.50x" in out and "Ethernet-like" in out
