@@ -151,3 +151,34 @@ def test_errors():
         ms.launch(lambda c: FSDP(c, object(), _adam), 2)
     with pytest.raises(TypeError, match="on the array it is given"):
         ms.launch(lambda c: FSDP(c, nn.MLP(SIZES, dtype=np.float64), lambda s: nn.Adam(s.copy())), 2)
+
+
+def _tiny(comm, stage, X, y):
+    if stage is None:  # the data-parallel oracle
+        model = nn.MLP([1, 1, 2], dtype=np.float64)
+        opt = nn.Adam(model.params, lr=0.1, impl="reference")
+        for _ in range(2):
+            model.loss_and_grad(*split_batch((X, y), comm.rank, comm.world_size))
+            comm.all_reduce(model.grads, op="mean", algorithm="ring", out=model.grads)
+            opt.step(model.grads)
+        return model.params.copy()
+    fsdp = FSDP(comm, nn.MLP([1, 1, 2], dtype=np.float64), lambda s: nn.Adam(s, lr=0.1, impl="reference"), stage=stage)
+    for _ in range(2):
+        fsdp.loss_and_grad(*split_batch((X, y), comm.rank, comm.world_size))
+        fsdp.step()
+    return fsdp.local_shards(), dict(fsdp.ledger.peak), [u.numel for u in fsdp.units], fsdp.full_params()
+
+
+@pytest.mark.parametrize("p", [3, 5])
+def test_units_smaller_than_the_world(p):
+    # units of 2, 0 and 4 parameters: some ranks own an empty chunk of a unit
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60, 1)), rng.integers(0, 2, 60)
+    ref = ms.launch(_tiny, p, args=(None, X, y))[0]
+    for stage in range(4):
+        res = ms.launch(_tiny, p, args=(stage, X, y))
+        assert res[0][2] == [2, 0, 4]
+        np.testing.assert_allclose(assemble([r[0] for r in res], 6), ref, **TOL)
+        for rank, r in enumerate(res):
+            np.testing.assert_array_equal(r[3], assemble([q[0] for q in res], 6))
+            assert r[1] == zero_memory_by_kind([2, 0, 4], p, rank, stage, 8)

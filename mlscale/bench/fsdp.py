@@ -47,8 +47,9 @@ def main(argv=None) -> int:
     p = args.ranks
     rows = []
     for r in zero_stages(make_model, batch, p):
-        rows.append([f"ZeRO-{r['stage']}", fmt_bytes(r["params"]), fmt_bytes(r["grads"]), fmt_bytes(r["optimizer"]),
-                     fmt_bytes(r["peak_total"]), fmt_bytes(r["paper"]), fmt_bytes(r["wire"]), f"{r['wire_vs_dp']:.2f}x"])
+        rows.append([f"ZeRO-{r['stage']}"] + [fmt_bytes(r[k]) for k in ("params", "grads", "optimizer", "peak_total",
+                                                                          "paper", "wire")]
+                    + [f"{r['wire_vs_dp']:.2f}x"])
     n = make_model().num_params
     text = (f"GPT d_model={cfg.d_model}, layers={cfg.num_layers}, seq_len={cfg.seq_len}, vocab={cfg.vocab_size}: "
             f"{n} parameters, float64, Adam; {p} simulated ranks, global batch {args.batch}, one unit per layer\n\n"

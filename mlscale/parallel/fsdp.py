@@ -56,6 +56,11 @@ class FSDP:
     overlap          stages 2-3: reduce-scatter each unit's grads on the communication
                      stream while the backward of the units below runs
     charge_compute   on sim, charge each unit's forward/backward FLOPs (``comm.compute``)
+
+    FSDP takes the model over: stages 2-3 release its flat ``grads`` (and stage 3 its
+    ``params``) and bind each layer to the unit buffers only while they exist, so call
+    ``fsdp.loss_and_grad`` / ``fsdp.step``, not the model's; read the parameters with
+    ``local_shards()`` (+ ``assemble``) or ``full_params()``.
     """
 
     def __init__(self, comm, model, make_optimizer, stage=3, units=None, prefetch=True, overlap=True,
@@ -271,6 +276,14 @@ class FSDP:
             chunk = self.shards[u.index] if self.stage == 3 else self.model.params[u.start + u.lo:u.start + u.hi]
             out.append((u.start + u.lo, chunk.copy()))
         return out
+
+    def full_params(self):
+        """Every parameter, flat, on every rank (stage 3: an all-gather per unit, which
+        shows in the trace; stages 0-2: a copy of the model's buffer)."""
+        if self.stage <= 2:
+            return self.model.params.copy()
+        parts = [self.comm.all_gather(self.shards[u.index], algorithm=self.algorithm) for u in self.units if u.numel]
+        return self.xp.concatenate(parts) if parts else self.xp.empty(0, self.dtype)
 
     def optimizer_state_nbytes(self):
         return sum(_state_nbytes(o) for o in self.optimizers)
