@@ -182,3 +182,22 @@ def test_units_smaller_than_the_world(p):
         for rank, r in enumerate(res):
             np.testing.assert_array_equal(r[3], assemble([q[0] for q in res], 6))
             assert r[1] == zero_memory_by_kind([2, 0, 4], p, rank, stage, 8)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("n", [1, 7, 12, 13])
+def test_ring_bytes_per_rank_from_the_trace(p, n):
+    # array_split chunks differ by one element when p does not divide n: rank r skips one
+    # chunk per phase, so ranks send different bytes while the total stays (p-1) n per phase
+    from mlscale.parallel import ring_bytes_per_rank
+
+    for kind in ("reduce_scatter", "all_gather", "all_reduce"):
+        def prog(comm):
+            x = np.arange(n, dtype=np.float64)
+            if kind == "all_gather":
+                x = np.array_split(x, p)[comm.rank]
+            return getattr(comm, kind)(x, algorithm="ring")
+        res = ms.launch(prog, p)
+        want = ring_bytes_per_rank(kind, n, p, 8)
+        assert res.trace.per_rank_bytes() == want, kind
+        assert sum(want) == (p - 1) * n * 8 * (2 if kind == "all_reduce" else 1)

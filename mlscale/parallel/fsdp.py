@@ -38,7 +38,7 @@ ZeRO model (``zero_memory`` with this dtype's bytes) per rank, plus for stages 2
 unit buffers in flight: stage 3 holds my shard + the gathered params of one unit (two
 with prefetch: this one and the next), stages 2-3 my gradient shard + one unit's full
 gradients (two with overlap: this one and the one still being reduce-scattered); see
-``expected_peaks`` in zero.py. Not counted: activations, and the collectives' own
+``zero_memory_by_kind`` in zero.py. Not counted: activations, and the collectives' own
 scratch buffers (at most one unit).
 """
 from __future__ import annotations
