@@ -201,3 +201,21 @@ def test_ring_bytes_per_rank_from_the_trace(p, n):
         want = ring_bytes_per_rank(kind, n, p, 8)
         assert res.trace.per_rank_bytes() == want, kind
         assert sum(want) == (p - 1) * n * 8 * (2 if kind == "all_reduce" else 1)
+
+
+def test_fsdp_on_a_mesh_dim():
+    # ZeRO-3 over the dp dim of a (dp=2, tp=2) mesh: each tp column runs its own FSDP group
+    from mlscale.parallel import Mesh
+
+    X, y = _data()
+
+    def prog(comm):
+        mesh = Mesh(comm, {"dp": 2, "tp": 2})
+        return _fsdp(mesh["dp"], X, y, 3, {})[0], mesh.coords
+
+    res = ms.launch(prog, 4)
+    ref = ms.launch(_dp, 2, args=(X, y))[0]
+    for tp in (0, 1):
+        group = [r[0] for r in res if r[1]["tp"] == tp]
+        np.testing.assert_allclose(assemble(group, ref.size), ref, **TOL)
+    assert res.trace.bytes_sent() == 2 * STEPS * wire_bytes([42, 0, 24], 2, 3, 8)
