@@ -8,7 +8,7 @@ from mlscale.check import solutions
 
 def test_reference_solution_passes():
     r = check.ring_all_reduce(solutions.ring_all_reduce, verbose=False)
-    assert r.passed and r.cases == 44 and not r.failures  # 22 (p, n) pairs x 2 dtypes
+    assert r.passed and r.cases == 45 and not r.failures  # 22 (p, n) pairs x 2 dtypes + one above the eager limit
 
 
 def test_not_implemented_is_reported_not_raised(capsys):
@@ -67,6 +67,47 @@ def one_step_short(comm, x):
     for s in range(p - 1):
         chunks[(r - s) % p][...] = comm.sendrecv(chunks[(r + 1 - s) % p], (r + 1) % p, (r - 1) % p)
     return np.concatenate(chunks)
+
+
+def blocking_send_then_recv(comm, x):
+    """A ring with send-then-recv on every rank: right below the eager limit, a deadlock above."""
+    p, r = comm.world_size, comm.rank
+    chunks = np.array_split(x.copy(), p)
+    right, left = (r + 1) % p, (r - 1) % p
+    for s in range(p - 1):
+        comm.send(chunks[(r - s) % p], right)
+        chunks[(r - s - 1) % p] += comm.recv(left)
+    for s in range(p - 1):
+        comm.send(chunks[(r + 1 - s) % p], right)
+        chunks[(r - s) % p][...] = comm.recv(left)
+    return np.concatenate(chunks)
+
+
+def irecv_first(comm, x):
+    """A correct ring written otherwise than the solution: receives posted before the sends."""
+    p, r = comm.world_size, comm.rank
+    chunks = np.array_split(x.copy(), p)
+    right, left = (r + 1) % p, (r - 1) % p
+    for s in range(p - 1):
+        req = comm.irecv(left)
+        comm.send(chunks[(r - s) % p], right)
+        chunks[(r - s - 1) % p] += req.wait()
+    for s in range(p - 1):
+        req = comm.irecv(left)
+        comm.send(chunks[(r + 1 - s) % p], right)
+        chunks[(r - s) % p][...] = req.wait()
+    return np.concatenate(chunks)
+
+
+def test_a_ring_that_posts_receives_first_passes():
+    r = check.ring_all_reduce(irecv_first, verbose=False)
+    assert r.passed, r.summary()
+
+
+def test_blocking_send_then_recv_is_caught_above_the_eager_limit():
+    r = check.ring_all_reduce(blocking_send_then_recv, verbose=False)
+    assert not r.passed and len(r.failures) == 1, r.failures
+    assert "above the eager limit" in r.failures[0] and "Post the receive first" in r.failures[0]
 
 
 def returns_nothing(comm, x):

@@ -145,7 +145,7 @@ def test_hint_and_solution_are_registered(capsys):
 
     solution("reduce_chunk_kernel")
     out = capsys.readouterr().out
-    assert out.startswith("@cuda.jit") and "i += stride" in out
+    assert out.startswith("import numba.cuda as cuda\n") and "@cuda.jit" in out and "i += stride" in out
 
 
 # ---- roofline helpers ------------------------------------------------------------------
@@ -207,3 +207,26 @@ def test_bandwidth_bars_draws_a_bar_per_impl_and_a_line_per_bound():
     assert [tuple(s_[:, 0]) for s_ in segs] == [(-0.45, 0.45), (0.55, 1.45)]
     with pytest.raises(ValueError, match=r"names ops \['c'\] that are not in gb_s"):
         bandwidth_bars({"a": {"x": 1.0}}, bounds={"add": {"c": 3.0}})
+
+
+def _commented_stub(dst, src, scale):
+    # raise NotImplementedError   <- the stub's line, left in a comment
+    """A docstring that says raise NotImplementedError too."""
+    for i in range(dst.size):
+        dst[i] = (dst[i] + src[i]) * scale
+
+
+def _live_stub(dst, src, scale):
+    # TODO: a grid-stride loop
+    raise NotImplementedError("write the kernel")
+
+
+def _raise_bare(dst, src, scale):
+    raise NotImplementedError
+
+
+def test_a_stub_is_read_from_the_syntax_tree_not_the_text():
+    from mlscale.check.kernels import _is_stub
+
+    assert not _is_stub(_commented_stub)
+    assert _is_stub(_live_stub) and _is_stub(_raise_bare)

@@ -188,6 +188,21 @@ def test_averaging_checker_accepts_the_reference_and_flags_a_stub():
     assert check_avg.model_averaging(_stub, verbose=False).not_implemented
 
 
+@pytest.mark.parametrize("algorithm", ["tree", "ring", "recursive_doubling", "rabenseifner", None])
+def test_averaging_checker_accepts_any_all_reduce_algorithm(algorithm):
+    def mine(comm, model):
+        comm.all_reduce(model.params, op="mean", algorithm=algorithm, out=model.params)
+    r = check_avg.model_averaging(mine, verbose=False)
+    assert r.passed, r.summary()
+
+
+def test_averaging_checker_accepts_a_sum_then_divide_written_back():
+    def mine(comm, model):
+        model.params[...] = comm.all_reduce(model.params.copy(), op="sum") / comm.world_size
+    r = check_avg.model_averaging(mine, verbose=False)
+    assert r.passed, r.summary()
+
+
 def _sums(comm, m):
     comm.all_reduce(m.params, out=m.params)
 
@@ -212,7 +227,7 @@ def _gathers(comm, m):
 
 @pytest.mark.parametrize("fn, words", [
     (_sums, "you summed"), (_returns, "write it back"), (_grads, "PARAMETERS"),
-    (_root_only, "not a reduce to one root"), (_gathers, "use comm.all_reduce"),
+    (_root_only, "not a reduce to one root"), (_gathers, "ONE comm.all_reduce"),
 ])
 def test_averaging_checker_rejects_wrong_answers(fn, words):
     r = check_avg.model_averaging(fn, verbose=False)

@@ -65,6 +65,12 @@ def returns_without_writing_back(comm, model, bucket_bytes):
     return comm.all_reduce(model.grads, op="mean")
 
 
+def rebinds_the_name(comm, model, bucket_bytes):
+    g = model.grads
+    g = comm.all_reduce(g, op="mean")    # a new array: model.grads is left alone
+    return None
+
+
 def does_nothing(comm, model, bucket_bytes):
     pass
 
@@ -98,6 +104,7 @@ def ranks_disagree_on_buckets(comm, model, bucket_bytes):
         (forgets_a_bucket, "['0.weight', '0.bias'] were not averaged"),
         (returns_without_writing_back, "returned the average but left model.grads unchanged"),
         (does_nothing, "nothing was averaged"),
+        (rebinds_the_name, "the result was not written back"),
         (per_tensor, "6 comm.all_reduce call(s) (one per tensor?) for 2 bucket(s)"),
         (divides_by_the_wrong_count, "the mean over ranks (the global-batch gradient) is"),
         (ranks_disagree_on_buckets, "p=2, bucket_bytes=1 (6 buckets): CommError"),

@@ -326,7 +326,20 @@ def test_checkers_reject_wrong_answers():
         return W[comm.rank, comm.rank] * x + sum(W[comm.rank, j] * g for j, g in zip(topo.in_neighbors(comm.rank), got))
 
     r = chk.gossip_step(blocking, world_sizes=(3,), verbose=False)
-    assert not r.passed and "deadlock" in r.summary()
+    assert not r.passed and "deadlock" in r.summary() and "post the receives first" in r.summary()
+
+    def wrong_peer(comm, x, topo, W):                    # waits for a rank that is no neighbor
+        p, r = comm.world_size, comm.rank
+        sends = [comm.isend(x, k) for k in topo.out_neighbors(r)]
+        got = comm.recv((r + 2) % p)
+        for q in sends:
+            q.wait()
+        return x + got
+
+    r = chk.gossip_step(wrong_peer, world_sizes=(5,), verbose=False)
+    small = [f for f in r.failures if "ring(5), n=5" in f]
+    assert not r.passed and small and "never sends to it" in small[0], r.failures
+    assert "post the receives" not in small[0]
 
     def with_allgather(comm, x, topo, W):                # right values, wrong traffic
         X = comm.all_gather(x.reshape(1, -1))

@@ -1,5 +1,6 @@
 """The notebook 07 exercise checkers accept the solutions and reject wrong answers with a diagnosis."""
 import numpy as np
+import pytest
 
 from mlscale.check import core
 from mlscale.check import federated as cf
@@ -79,7 +80,7 @@ def test_mask_checker():
     def returns_none(x, u, seeds):
         x += 1
 
-    for fn, words in [(all_add, "do not sum"), (no_mask, "mask was not added"), (floats, "uint64"),
+    for fn, words in [(all_add, "added every pair's mask"), (no_mask, "no mask was added"), (floats, "uint64"),
                       (returns_none, "returned None")]:
         r = cf.pairwise_mask(fn, verbose=False)
         assert not r.passed and any(words in f for f in r.failures), (fn.__name__, r.failures)
@@ -91,3 +92,77 @@ def test_hints_and_solutions_registered(capsys):
     core.solution("fedavg")
     out = capsys.readouterr().out
     assert "n_k / n" in out and "v > u" in out and "def solution_fedavg" in out
+
+
+# ---- verdicts that name the mistake (issue 8) -------------------------------------------
+
+def _mask_wrong_seed(x_enc, u, seeds):
+    from mlscale.federated.secure import prg
+    y = x_enc.copy()
+    for v, s in seeds.items():
+        r = prg(s + u, x_enc.size)          # not the seed the pair shares: its own variant
+        y = y + r if v > u else y - r
+    return y
+
+
+def _mask_all_added(x_enc, u, seeds):
+    from mlscale.federated.secure import prg
+    y = x_enc.copy()
+    for s in seeds.values():
+        y += prg(s, x_enc.size)
+    return y
+
+
+def _mask_swapped_peer_seed(x_enc, u, seeds):   # the seeds shifted by one peer: two terms wrong
+    from mlscale.federated.secure import prg
+    y = x_enc.copy()
+    peers = sorted(seeds)
+    for i, v in enumerate(peers):
+        s = seeds[peers[(i + 1) % len(peers)]] if u == 2 else seeds[v]
+        r = prg(s, x_enc.size)
+        y = y + r if v > u else y - r
+    return y
+
+
+def _mask_one_wrong_seed(x_enc, u, seeds):      # client 2 masks peer 3 with the seed it shares with 1
+    from mlscale.federated.secure import prg
+    y = x_enc.copy()
+    for v, s in seeds.items():
+        r = prg(seeds[1] if (u == 2 and v == 3) else s, x_enc.size)
+        y = y + r if v > u else y - r
+    return y
+
+
+def _mask_none(x_enc, u, seeds):
+    return x_enc.copy()
+
+
+def _mask_subtract_first(x_enc, u, seeds):  # right, written otherwise: subtract the v < u terms first
+    from mlscale.federated.secure import prg
+    y = x_enc.copy()
+    for v in sorted(seeds):
+        if v < u:
+            y -= prg(seeds[v], x_enc.size)
+    for v in sorted(seeds):
+        if v > u:
+            y += prg(seeds[v], x_enc.size)
+    return y
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_mask_wrong_seed, "must come from the seed client"),
+    (_mask_all_added, "added every pair's mask"),
+    (_mask_swapped_peer_seed, "must come from the seed client"),
+    (_mask_one_wrong_seed, "client 2: a mask was made from another pair's seed (the term for peer 1 or 3)"),
+    (_mask_none, "no mask was added"),
+])
+def test_pairwise_mask_verdicts_name_the_mistake(fn, words):
+    from mlscale.check import federated as fc
+    r = fc.pairwise_mask(fn, verbose=False)
+    assert not r.passed and any(words in f for f in r.failures), r.failures
+    assert not any("the mask was not added" in f for f in r.failures)
+
+
+def test_pairwise_mask_accepts_another_correct_order():
+    from mlscale.check import federated as fc
+    assert fc.pairwise_mask(_mask_subtract_first, verbose=False).passed

@@ -3,6 +3,7 @@
     mlscale bench train                  # sim and mpi on 1, 2, 4 ranks, 200 steps each
     mlscale bench train --quick          # a smoke test (< 15 s): fewer ranks and steps
     mlscale bench train --out train.md   # also write the markdown to a file
+    mlscale bench train --model gpt      # the GPT with DP, TP, PP, 3D (bench/train_gpt.py)
 
 1. Measured: steps per second of data-parallel training of an MLP on the digits
    (``mlscale.data.load_digits``), 64 examples per rank (weak scaling), one 25 MiB
@@ -297,6 +298,11 @@ def _mpi_works():
 
 
 def main(argv=None):
+    argv = list(__import__("sys").argv[1:] if argv is None else argv)
+    if "--model" in argv or any(a.startswith("--model=") for a in argv):  # mlscale bench train --model gpt
+        from .train_gpt import main as gpt_main
+
+        return gpt_main(argv)
     # numba's OpenMP threads must sleep between kernels: spinning, they fight OpenBLAS's
     # threads for the cores and a 1 ms step takes 10-40 ms on 2 cores. Set before the
     # first parallel kernel runs here; the MPI ranks inherit it.

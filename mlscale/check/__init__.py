@@ -11,3 +11,4 @@ from .averaging import model_averaging  # noqa: F401,E402
 from .ps import ssp_admission  # noqa: F401,E402
 from .compress import topk_error_feedback  # noqa: F401,E402
 from .federated import fedavg, pairwise_mask  # noqa: F401,E402
+from .transformer import mesh_coordinates, sp_reduce_scatter  # noqa: F401,E402

@@ -16,7 +16,7 @@ Ring all-reduce in two phases, each p-1 steps; every rank sends right and receiv
      COPY it in.
 Use comm.sendrecv(x, dst=right, src=left) so no rank waits for a neighbour that waits
 for it. Each rank then sends 2(p-1) chunks: 2(p-1)/p of the data, whatever p is.
-Still stuck? mlscale.check.solution("ring_all_reduce")"""
+Still stuck? from mlscale.check import solution; solution("ring_all_reduce")"""
 
 
 def _inputs(rank, n, dtype):
@@ -54,7 +54,26 @@ def ring_all_reduce(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
 
                 if not try_case(res, case, lambda: launch(prog, p, network=net), judge):
                     return res.done(verbose)
+    # one case with chunks above the eager limit: a blocking send there waits for the receive
+    # to be posted, so a ring of "send, then recv" on every rank deadlocks (as on MPI)
+    p = 4
+    n = p * (net.eager_limit // 8 + 1000)
+    xs = [_inputs(r, n, np.float64) for r in range(p)]
+    want = np.sum(np.stack(xs), axis=0)
+    try_case(res, f"p={p}, n={n}, float64 (chunks of {n // p * 8} B, above the eager limit of "
+                  f"{net.eager_limit} B)",
+             lambda: launch(lambda comm: fn(comm, xs[comm.rank].copy()), p, network=net),
+             lambda out: _check_values(out, want, np.float64) or _check_traffic(out.trace, p, n, 8),
+             deadlock_hint=EAGER_DEADLOCK)
     return res.done(verbose)
+
+
+EAGER_DEADLOCK = (
+    " every rank is inside a blocking send and nobody has posted the receive. Small messages "
+    "are sent eagerly (the send returns at once), large ones wait for the receiver (MPI does "
+    "the same above its eager limit), so 'send to the right, then recv from the left' on every "
+    "rank deadlocks once a chunk is large. Post the receive first (req = comm.irecv(left); "
+    "comm.send(chunk, right); data = req.wait()), or use comm.sendrecv.")
 
 
 def _check_values(out, want, dtype):

@@ -27,7 +27,7 @@ Three lines of NumPy, and one trap:
                                              #    only rebinds your local name)
   return idx, values
 Select on |grad + residual|, not on |grad|: otherwise small coordinates are never sent.
-Still stuck? mlscale.check.solution("topk_error_feedback")"""
+Still stuck? from mlscale.check import solution; solution("topk_error_feedback")"""
 
 CASES = [(1, 1), (10, 1), (10, 3), (10, 10), (257, 5), (1000, 10)]
 STEPS = 6

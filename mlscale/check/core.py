@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 
 
@@ -26,7 +27,7 @@ class CheckResult:
         if self.not_implemented:
             return (
                 f"{self.name}: not implemented yet (your function raised NotImplementedError). "
-                f"Write it, then run this cell again; stuck? mlscale.check.hint({self.name!r})"
+                f"Write it, then run this cell again; stuck? {hint_call(self.name)}"
             )
         if self.passed:
             lines = [f"PASSED {self.name}: all {self.cases} cases right"]
@@ -35,7 +36,7 @@ class CheckResult:
             lines += [f"  - {f}" for f in self.failures[:8]]
             if len(self.failures) > 8:
                 lines.append(f"  ... and {len(self.failures) - 8} more")
-            lines.append(f"Stuck? mlscale.check.hint({self.name!r})")
+            lines.append(f"Stuck? {hint_call(self.name)}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -52,6 +53,12 @@ class CheckResult:
         if not self.passed:
             raise AssertionError(self.summary())
         return self
+
+
+def hint_call(name) -> str:
+    """The line a learner pastes to see a hint: it imports what it needs, so it works whatever
+    name the notebook gave the checker module (``check``, ``check_parallel``, ...)."""
+    return f"from mlscale.check import hint; hint({name!r})"
 
 
 NOT_IMPLEMENTED = object()
@@ -109,8 +116,50 @@ def hint(name):
     print(HINTS[name])
 
 
-def solution(name):
-    """Print the source of a reference solution to exercise ``name``."""
+def solution_source(name) -> str:
+    """The reference solution to exercise ``name`` as code that runs when pasted into a cell:
+    its imports first (relative imports made absolute, the module-level names it uses
+    imported from where they live), then the function."""
     if name not in SOLUTIONS:
         raise KeyError(f"no exercise called {name!r}; exercises: {sorted(SOLUTIONS)}")
-    print(inspect.getsource(SOLUTIONS[name]))
+    fn = SOLUTIONS[name]
+    fn = getattr(fn, "py_func", fn)  # a numba kernel: its Python source
+    module = inspect.getmodule(fn)
+    package = module.__name__.rsplit(".", 1)[0] if module.__spec__ and module.__spec__.parent else module.__name__
+    src = inspect.getsource(SOLUTIONS[name] if not hasattr(SOLUTIONS[name], "py_func") else fn)
+
+    def absolute(m):
+        dots, rest = len(m.group(1)), m.group(2)
+        base = package.split(".")
+        base = base[: len(base) - (dots - 1)]
+        return "from " + ".".join(base + ([rest] if rest else [])) + " import"
+
+    src = re.sub(r"from (\.+)([\w.]*) import", absolute, src)
+    imports = []
+    for used in _global_names(fn.__code__):
+        if used not in vars(module) or re.search(rf"^\s*(import|from) .*\b{used}\b", src, re.M):
+            continue
+        obj = vars(module)[used]
+        if inspect.ismodule(obj):
+            line = f"import {obj.__name__}" + ("" if obj.__name__ == used else f" as {used}")
+        elif getattr(obj, "__module__", None) and not isinstance(obj, (int, float, str, tuple)):
+            line = f"from {obj.__module__} import {getattr(obj, '__name__', used)}"
+            if getattr(obj, "__name__", used) != used:
+                line += f" as {used}"
+        else:
+            line = f"from {module.__name__} import {used}"
+        imports.append(line)
+    return ("\n".join(sorted(set(imports))) + "\n\n\n" if imports else "") + src
+
+
+def _global_names(code) -> list:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names.update(_global_names(const))
+    return sorted(names)
+
+
+def solution(name):
+    """Print a reference solution to exercise ``name``, as code that runs when pasted."""
+    print(solution_source(name))

@@ -33,7 +33,7 @@ FedAvg weighs each client by how much data it trained on (McMahan et al. 2017):
           acc += (n / total) * a                          # weight n_k / n
 Return a NEW list (do not change the clients' arrays), same shapes and dtypes.
 A plain mean treats a client with 10 examples like one with 1000.
-Still stuck? mlscale.check.solution("fedavg")"""
+Still stuck? from mlscale.check import solution; solution("fedavg")"""
 
 MASK_HINT = """\
 Every pair (u, v) shares one mask PRG(s_uv). One of them must ADD it and the other
@@ -44,7 +44,7 @@ SUBTRACT it, so that it cancels in the sum; the rule is the ids' order:
       if v > u: y += r                  # numpy's uint64 arithmetic wraps mod 2^64
       else:     y -= r
 Stay in np.uint64 throughout: floats would lose the low bits.
-Still stuck? mlscale.check.solution("pairwise_mask")"""
+Still stuck? from mlscale.check import solution; solution("pairwise_mask")"""
 
 
 def solution_fedavg(results):
@@ -169,14 +169,59 @@ def pairwise_mask(fn, verbose=True):
             res.failures.append(f"{case}: y_u must be a uint64 array of shape ({n},), got {y1.dtype} {y1.shape}: "
                                 "stay in integers mod 2^64")
             continue
-        if any(np.array_equal(ys[u], xs[u]) for u in ids):
-            res.failures.append(f"{case}: some y_u equals x_u: the mask was not added")
+        unmasked = [u for u in ids if np.array_equal(ys[u], xs[u])]
+        if unmasked and num_clients > 1:
+            res.failures.append(f"{case}: y_u equals x_u for client(s) {unmasked}: no mask was added "
+                                "(add PRG(s_uv) for every peer v > u, subtract it for v < u)")
             continue
         total = secure.sum_mod([np.asarray(y, dtype=np.uint64) for y in ys.values()])
         if not np.array_equal(total, secure.sum_mod(xs.values())):
-            res.failures.append(f"{case}: the masked vectors do not sum to sum_u x_u: each pair's mask must be "
-                                "added by one client (v > u) and subtracted by the other (v < u)")
+            res.failures.append(f"{case}: {_why_masks_do_not_cancel(ys, xs, seeds, ids)}")
     return res.done(verbose)
+
+
+def _why_masks_do_not_cancel(ys, xs, seeds, ids):
+    """Name what went wrong when the masked vectors do not sum to sum_u x_u: compare each
+    client's mask y_u - x_u with the right one and with the usual mistakes."""
+    from ..federated.secure import prg
+
+    for u in ids:
+        n = xs[u].size
+        got = (np.asarray(ys[u], dtype=np.uint64) - xs[u]).astype(np.uint64)
+        masks = {v: prg(s, n) for v, s in seeds[u].items()}
+        right = np.zeros(n, np.uint64)
+        for v, r in masks.items():
+            right = right + r if v > u else right - r
+        if np.array_equal(got, right):
+            continue
+        flipped = np.zeros(n, np.uint64)
+        for v, r in masks.items():
+            flipped = flipped - r if v > u else flipped + r
+        all_added = np.zeros(n, np.uint64)
+        for r in masks.values():
+            all_added = all_added + r
+        if np.array_equal(got, all_added):
+            return (f"client {u} added every pair's mask: then nothing cancels. Add PRG(s_uv) for "
+                    "v > u and SUBTRACT it for v < u")
+        if np.array_equal(got, flipped):
+            return (f"client {u} has the signs the wrong way round (that cancels only if every client "
+                    "flips: keep the rule, add for v > u, subtract for v < u)")
+        every_seed = {sd for peers in seeds.values() for sd in peers.values()}
+        suspects = []  # one term wrong: another pair's seed used for peer v?
+        for v, sd in seeds[u].items():
+            rest = right - masks[v] if v > u else right + masks[v]
+            term = (got - rest).astype(np.uint64) if v > u else (rest - got).astype(np.uint64)
+            if any(np.array_equal(term, prg(other, n)) for other in every_seed - {sd}):
+                suspects.append(v)
+        if suspects:
+            return (f"client {u}: a mask was made from another pair's seed (the term for peer "
+                    f"{' or '.join(map(str, sorted(suspects)))}); each term uses the seed the two share: "
+                    "prg(seeds[v], x_enc.size)")
+        return (f"client {u}'s mask y_u - x_u is not sum_(v>u) PRG(s_uv) - sum_(v<u) PRG(s_uv): each "
+                f"term must come from the seed client {u} shares with peer v (seeds[v]), added for v > u "
+                "and subtracted for v < u")
+    return ("the masked vectors do not sum to sum_u x_u: each pair's mask must be added by one client "
+            "(v > u) and subtracted by the other (v < u)")
 
 
 register("fedavg", FEDAVG_HINT, solution_fedavg)

@@ -45,7 +45,7 @@ A kernel runs once per thread; each thread finds its elements from its index:
 Why both: the last block usually hangs over the end of the array (n is rarely a multiple
 of the block size), and a grid may have fewer threads than n elements (the launch picks
 the grid, not the kernel), so each thread must handle i, i + stride, i + 2 stride, ...
-Still stuck? mlscale.check.solution("reduce_chunk_kernel")"""
+Still stuck? from mlscale.check import solution; solution("reduce_chunk_kernel")"""
 
 
 @cuda.jit
@@ -59,11 +59,27 @@ def reduce_chunk_solution(dst, src, scale):
 
 
 def _is_stub(kernel) -> bool:
+    """True when the kernel's body still holds the stub's ``raise NotImplementedError`` as a
+    statement run on every call (a top-level statement of the body). Read from the syntax
+    tree, not the text: the line left in a comment or a docstring is not a stub, and a
+    kernel on a real GPU cannot raise for the checker to catch."""
+    import ast
+    import textwrap
+
     try:
-        src = inspect.getsource(getattr(kernel, "py_func", kernel))
-    except (OSError, TypeError):
+        src = textwrap.dedent(inspect.getsource(getattr(kernel, "py_func", kernel)))
+        tree = ast.parse(src)
+    except (OSError, TypeError, SyntaxError):
         return False
-    return "raise NotImplementedError" in src
+    fn = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if fn is None:
+        return False
+    for stmt in fn.body:
+        if isinstance(stmt, ast.Raise) and stmt.exc is not None:
+            exc = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
+            if isinstance(exc, ast.Name) and exc.id == "NotImplementedError":
+                return True
+    return False
 
 
 def _inputs(n, dtype, seed):

@@ -31,7 +31,7 @@ rank; the bias belongs to the full sum, so add it ONCE, after the all-reduce:
     y = comm.all_reduce(partial, op="sum")       # Megatron's g: the only communication
     return y + bias
 Adding the bias before the all-reduce adds it p times.
-Still stuck? mlscale.check.solution("row_parallel_forward")"""
+Still stuck? from mlscale.check import solution; solution("row_parallel_forward")"""
 
 GPIPE_HINT = """\
 GPipe runs, on every stage, all the forwards, then all the backwards:
@@ -39,7 +39,7 @@ GPipe runs, on every stage, all the forwards, then all the backwards:
     return [list(one) for _ in range(p)]
 Stage s cannot start F j before stage s-1 finished it, nor B j before stage s+1 did:
 the play gives the idle "bubble" (p-1)/(m+p-1) at the start and at the end.
-Still stuck? mlscale.check.solution("gpipe_schedule")"""
+Still stuck? from mlscale.check import solution; solution("gpipe_schedule")"""
 
 
 def row_parallel_forward_solution(comm, x_shard, w_shard, bias):

@@ -29,7 +29,7 @@ finished `slowest` steps, so the worker may go iff
     slowest >= clock - s
 s = 0 is lockstep (bulk synchronous): nobody starts step c+1 before all finished c.
 staleness=None means asynchronous: always go (and do not compute None - clock).
-Still stuck? mlscale.check.solution("ssp_admission")"""
+Still stuck? from mlscale.check import solution; solution("ssp_admission")"""
 
 STALENESS = (0, 1, 2, 5, None)
 RUNS = ((3, 0), (3, 2), (4, 1))  # (workers, s) for the parameter-server runs

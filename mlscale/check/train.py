@@ -31,7 +31,7 @@ loss is a mean over the batch, so the global-batch gradient is the MEAN over ran
       g /= comm.world_size                     # the mean (or op="mean" in one go)
 Average the GRADIENTS, not the parameters: the optimizer then takes the same step on
 every rank, so the models stay identical without ever sending a parameter.
-Still stuck? mlscale.check.solution("data_parallel_step")"""
+Still stuck? from mlscale.check import solution; solution("data_parallel_step")"""
 
 SIZES = (64, 32, 16, 10)  # six tensors: 16 KiB, 256 B, 4 KiB, 128 B, 1.3 KiB, 80 B in float64
 BUCKETS = (1, 2048, 1 << 30)  # one bucket per tensor, two buckets, one bucket
@@ -184,6 +184,11 @@ def _diagnose(out, p, want_grads, want_params, slots):
                     return (f"rank {r}, step {t}: your function returned the average but left "
                             "model.grads unchanged: write it back (comm.all_reduce(g, out=g), "
                             "or g[...] = ...)")
+                if s["calls"]:
+                    return (f"rank {r}, step {t}: you called comm.all_reduce, but model.grads still holds "
+                            "this rank's own gradient: the result was not written back into the buffer "
+                            "(`g = comm.all_reduce(g)` rebinds the name g to a new array and leaves "
+                            "model.grads alone): use comm.all_reduce(g, op=\"mean\", out=g), or g[...] = ...")
                 return (f"rank {r}, step {t}: model.grads still holds this rank's own gradient: "
                         "nothing was averaged")
             wrong = [sl for sl in slots if not _close(g[sl.start:sl.stop], E[sl.start:sl.stop])]

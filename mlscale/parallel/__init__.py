@@ -6,6 +6,7 @@ communication beside the math).
 - pipeline parallel (GPipe, Huang et al. 2019; 1F1B, Narayanan et al. 2021):
   ``pipeline.py`` (stages, the runtime) and ``pp_schedule.py`` (schedules as pure data,
   bubble fraction, Gantt charts), ``pp_comm.py`` (send/recv between neighbour stages);
+- 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather).
 
@@ -20,6 +21,12 @@ from .tensor import (ColumnParallelLinear, NaiveParallelMLP, ParallelMLP, RowPar
                      split_like)
 from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_nbytes,  # noqa: F401
                       ring_all_reduce_wire_bytes, shard_range, shard_sizes)
+from .sequence import (GatherFromSP, ReduceScatterToSP, ScatterToSP, check_sequence_parallel, count_kinds,  # noqa: F401
+                       seq_range)
+from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFeedForward, TPSelfAttention,  # noqa: F401
+                           shard_block_state)
+from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coords, plot_loss_curves,  # noqa: F401
+                      shard_gpt_state, sim_mfu, tp_gpt, train_3d, train_single)
 from .zero import ADAM_K, ZeroOptimizer, zero_bytes_per_param, zero_memory  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -28,4 +35,8 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "PipelineParallel", "PipelineStage", "partition_layers", "PipeComm",
            "SCHEDULES", "Slot", "gpipe_schedule", "one_f_one_b_schedule", "stage_ops", "timeline", "play",
            "makespan", "bubble_fraction", "measured_bubble", "peak_in_flight", "plot_schedule",
+           "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
+           "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
+           "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
+           "train_single", "global_losses", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory"]
