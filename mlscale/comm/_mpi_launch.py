@@ -434,6 +434,7 @@ def _tail_text(tail):
     return "\nLast output of the ranks:\n" + text[-3000:]
 
 
+_BAD_PID = re.compile(r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\s*\n=\s*PID (\d+) RUNNING AT")
 _SIGNAL = re.compile(r"EXIT STRING: ([^\n]*?)\s*\(signal (\d+)\)")
 
 
@@ -456,7 +457,10 @@ def _how_died(d, world_size, returncode, tail, deaths, missing):
         except OSError:
             continue
         return r, f"called os._exit({code})", [q for q in missing if q != r]
-    if deaths:  # the first rank seen gone (hydra stops the others after it)
+    bad = _BAD_PID.search(text)  # hydra names the PID of the process that ended badly
+    if bad and pids.get(int(bad.group(1))) in missing:
+        first = pids[int(bad.group(1))]
+    elif deaths:  # the first rank seen gone (hydra stops the others after it)
         earliest = min(deaths.values())
         firsts = sorted(r for r, n in deaths.items() if n == earliest)
         if len(firsts) == 1:
