@@ -81,6 +81,40 @@ def _install_excepthook():
                 world.Abort(1)
 
     sys.excepthook = hook
+    _hook_sys_exit()
+
+
+def _hook_sys_exit():
+    """A rank's ``sys.exit(n)`` (n not 0/None) bypasses sys.excepthook and would leave the
+    other ranks waiting forever: note the code, and at exit (before MPI_Finalize, which
+    mpi4py runs after Python's atexit handlers) print the rank and MPI_Abort. A bare
+    ``raise SystemExit(n)`` is not seen: run scripts as ``python -m mpi4py script.py``
+    to cover that too (mpi4py then aborts on any exit with an error)."""
+    import atexit
+
+    real_exit = sys.exit
+    state = {"code": None}
+
+    def exit_(code=None):
+        state["code"] = code
+        real_exit(code)
+
+    def at_exit():
+        code = state["code"]
+        if code in (None, 0):
+            return
+        world = _mpi().COMM_WORLD
+        if world.Get_size() > 1:
+            sys.stderr.write(
+                f"mlscale: rank {world.Get_rank()} of {world.Get_size()} called sys.exit({code!r}); "
+                "calling MPI_Abort so the other ranks do not hang\n"
+            )
+            sys.stderr.flush()
+            time.sleep(0.1)
+            world.Abort(code if isinstance(code, int) and 0 < code < 256 else 1)
+
+    sys.exit = exit_
+    atexit.register(at_exit)
 
 
 
