@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 
-from .errors import BackendUnavailable, CommError, RankFailure, TimeoutError
+from . import _mpi_state
+from .errors import BackendUnavailable, CommError, DeadlockError, RankFailure, TimeoutError
 
 _ENV_DROP = ("PMI_", "PMIX_", "HYDRA_", "OMPI_", "MPI_LOCAL")
 
@@ -218,13 +219,15 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
     extra_args = [str(a) for a in extra_args]
     if timeout is None:
         timeout = default_timeout()
+    grace = _mpi_state.grace_seconds()
     exe = find_mpiexec(mpiexec)
     d = tempfile.mkdtemp(prefix="mlscale-mpi-")
     proc = None
     tail = []
     old_term = _catch_sigterm()
     try:
-        meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size}
+        meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size,
+                "board": grace is not None}  # the ranks keep state boards (_mpi_state) unless the check is off
         with open(os.path.join(d, "meta.pkl"), "wb") as f:
             pickle.dump(meta, f)
         try:
@@ -259,14 +262,24 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
             if held:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         deaths = {}
-        _pump(proc, deadline, echo, tail, d, deaths)
-        if proc.returncode is None:  # ran past the deadline
+        stall = _mpi_state.Watch(d, world_size, grace)
+        _pump(proc, deadline, echo, tail, d, deaths, stall)
+        if stall.report is not None:  # ranks wait on ranks that returned, or on each other
             _kill_all(proc, d)
-            done = [r for r in range(world_size) if os.path.exists(os.path.join(d, f"rank{r}.pkl"))]
+            raise DeadlockError(
+                f"launch(backend={engine!r}, world_size={world_size}): {stall.report}\n"
+                f"All processes were stopped (the check's grace, {_mpi_state.GRACE_ENV}, is {grace:g} s; "
+                f"'none' turns it off).{_tail_text(tail)}"
+            )
+        if proc.returncode is None:  # ran past the deadline
+            states = stall.states()
+            done = stall.finished()
+            _kill_all(proc, d)
             raise TimeoutError(
                 f"launch(backend={engine!r}, world_size={world_size}) ran past timeout={timeout} s; "
                 f"ranks {[r for r in range(world_size) if r not in done]} had not finished "
-                f"(a deadlock? every rank must post the matching send/recv). All processes "
+                f"(a deadlock? every rank must post the matching send/recv). What each rank was "
+                f"doing:\n{_mpi_state.describe(states, done, world_size)}\nAll processes "
                 f"were stopped.{_tail_text(tail)}"
             )
         return _collect(d, world_size, engine, proc.returncode, tail, deaths)
@@ -377,22 +390,30 @@ def _alive(pid):
         return False
 
 
-def _pump(proc, deadline, echo, tail, d=None, deaths=None):
+def _pump(proc, deadline, echo, tail, d=None, deaths=None, stall=None):
     """Copy the ranks' output here (from this thread: a notebook shows it in the cell)
-    until mpiexec exits or the deadline passes; meanwhile note which ranks die."""
+    until mpiexec exits, the deadline passes or ``stall`` (a :class:`_mpi_state.Watch`)
+    finds a deadlock (its ``report``); meanwhile note which ranks die."""
     watch = _DeathWatch(d, {} if deaths is None else deaths)
     try:
-        _pump_loop(proc, deadline, echo, tail, watch)
+        _pump_loop(proc, deadline, echo, tail, watch, stall)
     finally:
         watch.close()
 
 
-def _pump_loop(proc, deadline, echo, tail, watch):
+def _pump_loop(proc, deadline, echo, tail, watch, stall=None):
     fd = proc.stdout.fileno()
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     kept = 0
+    next_check = time.perf_counter() + 0.25
     while True:
         watch.scan()
+        if stall is not None and time.perf_counter() >= next_check:
+            next_check = time.perf_counter() + 0.25
+            if proc.poll() is None:
+                stall.report = stall.check()
+                if stall.report is not None:
+                    return
         wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.perf_counter()))
         ready, _, _ = select.select([fd, *watch.fds], [], [], wait)
         watch.ready(ready)

@@ -86,6 +86,8 @@ def main(d):
     rank = world.Get_rank()
     with open(os.path.join(d, f"pid{rank}"), "w") as f:
         f.write(str(os.getpid()))
+    if meta.get("board", True):  # what this rank waits for, read by the launcher (_mpi_state)
+        os.environ["MLSCALE_MPI_STATE"] = os.path.join(d, f"state{rank}")
     real_exit = os._exit
 
     def _exit(code):  # os._exit in fn skips every handler: say it first, for the launcher

@@ -35,7 +35,10 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     timeout  wall-clock seconds for the whole run (sim: checked at every scheduler switch,
              so a rank spinning in Python without communicating is not interrupted).
              mpi/nccl with timeout=None: 300 s, or $MLSCALE_MPI_TIMEOUT seconds ("none": no
-             limit), as torch's NCCL watchdog ends a job stuck in a collective
+             limit), as torch's NCCL watchdog ends a job stuck in a collective; on timeout
+             the error says what each rank was waiting in. Sooner than that, a DeadlockError
+             ends an mpi/nccl run once a rank has waited 3 s on a rank that had returned,
+             or every running rank has waited 9 s on the others ($MLSCALE_MPI_DEADLOCK=3)
     mpiexec_args  extra mpiexec arguments for mpi/nccl runs, e.g. ``["-f", "hosts"]``
              (MPICH) to spread the ranks over the machines of a hostfile
     """
