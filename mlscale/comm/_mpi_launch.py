@@ -21,7 +21,9 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,9 +31,35 @@ import sys
 import tempfile
 import time
 
-from .errors import BackendUnavailable, CommError, RankFailure, TimeoutError
+from . import _mpi_state
+from .errors import BackendUnavailable, CommError, DeadlockError, RankFailure, TimeoutError
 
 _ENV_DROP = ("PMI_", "PMIX_", "HYDRA_", "OMPI_", "MPI_LOCAL")
+
+#: launch(backend="mpi"/"nccl") with timeout=None stops the run after this many seconds
+#: (as torch's NCCL watchdog does), unless the environment variable below says otherwise
+DEFAULT_TIMEOUT = 300.0
+TIMEOUT_ENV = "MLSCALE_MPI_TIMEOUT"  # seconds; "none" or "0" for no limit
+
+
+def default_timeout():
+    """The timeout of a launch given timeout=None: $MLSCALE_MPI_TIMEOUT, else 300 s."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_TIMEOUT
+    if raw.strip().lower() in ("none", "0", "inf"):
+        return None
+    try:
+        t = float(raw)
+    except ValueError:
+        t = float("nan")
+    if not t > 0 or t != t:
+        raise CommError(f"{TIMEOUT_ENV}={raw!r} must be a number of seconds > 0, or 'none' for no limit")
+    return t
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while a launch ran: clean up, then let the signal do its work."""
 
 
 def find_mpiexec(explicit=None):
@@ -51,8 +79,14 @@ def find_mpiexec(explicit=None):
     )
 
 
-def _child_env(world_size, engine):
+def _child_env(world_size, engine, d):
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP)}
+    if "HWLOC_XMLFILE" not in env:
+        # hydra writes its topology to /tmp/hydra_hwloc_xmlfile_* and leaves it there when
+        # a run aborts; given an HWLOC_XMLFILE it writes none (the ranks drop the variable
+        # again before MPI starts, see _mpi_worker, so their own hwloc sees the machine)
+        env["HWLOC_XMLFILE"] = os.path.join(d, "no-hwloc-topology.xml")
+        env["MLSCALE_DROP_HWLOC_XMLFILE"] = env["HWLOC_XMLFILE"]
     env.pop("PYTHONUNBUFFERED", None)  # the ranks write whole lines (see _mpi_worker)
     env["MLSCALE_MPI_WORKER"] = engine
     env["MLSCALE_LAUNCHER_PID"] = str(os.getpid())
@@ -147,6 +181,11 @@ def _rank_error(rank, world_size, info, engine):
             exc = None
     if not isinstance(exc, BaseException):
         exc = RankFailure(f"rank {rank} of {world_size} raised {tname}: {msg}", failed_rank=rank)
+    if isinstance(exc, SystemExit):  # never end the caller's script silently (as on sim)
+        exc = CommError(
+            f"rank {rank} of {world_size} called sys.exit({exc.code!r}) ({engine} engine); "
+            "return from the rank's function instead, or raise an exception"
+        )
     note = f"(raised on rank {rank} of {world_size}, {engine} engine; its traceback there:)\n{tb.rstrip()}"
     if hasattr(exc, "add_note"):
         exc.add_note(note)
@@ -169,13 +208,26 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
     for error messages). ``timeout``: wall-clock seconds for the whole run."""
     import cloudpickle
 
+    terminated = False
     world_size = int(world_size)
+    if isinstance(extra_args, (str, bytes)):
+        raise CommError(
+            f"mpiexec_args={extra_args!r} is one string; pass a list with one item per argument, "
+            f"e.g. {shlex.split(extra_args if isinstance(extra_args, str) else extra_args.decode())!r} "
+            "(shlex.split does it)"
+        )
+    extra_args = [str(a) for a in extra_args]
+    if timeout is None:
+        timeout = default_timeout()
+    grace = _mpi_state.grace_seconds()
     exe = find_mpiexec(mpiexec)
     d = tempfile.mkdtemp(prefix="mlscale-mpi-")
     proc = None
     tail = []
+    old_term = _catch_sigterm()
     try:
-        meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size}
+        meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size,
+                "board": grace is not None}  # the ranks keep state boards (_mpi_state) unless the check is off
         with open(os.path.join(d, "meta.pkl"), "wb") as f:
             pickle.dump(meta, f)
         try:
@@ -204,26 +256,40 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
         try:
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_child_env(world_size, engine), start_new_session=True,
+                env=_child_env(world_size, engine, d), start_new_session=True,
             )
         finally:
             if held:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        _pump(proc, deadline, echo, tail)
-        if proc.returncode is None:  # ran past the deadline
+        deaths = {}
+        stall = _mpi_state.Watch(d, world_size, grace)
+        _pump(proc, deadline, echo, tail, d, deaths, stall)
+        if stall.report is not None:  # ranks wait on ranks that returned, or on each other
             _kill_all(proc, d)
-            done = [r for r in range(world_size) if os.path.exists(os.path.join(d, f"rank{r}.pkl"))]
+            raise DeadlockError(
+                f"launch(backend={engine!r}, world_size={world_size}): {stall.report}\n"
+                f"All processes were stopped (the check's grace, {_mpi_state.GRACE_ENV}, is {grace:g} s; "
+                f"'none' turns it off).{_tail_text(tail)}"
+            )
+        if proc.returncode is None:  # ran past the deadline
+            states = stall.states()
+            done = stall.finished()
+            _kill_all(proc, d)
             raise TimeoutError(
                 f"launch(backend={engine!r}, world_size={world_size}) ran past timeout={timeout} s; "
                 f"ranks {[r for r in range(world_size) if r not in done]} had not finished "
-                f"(a deadlock? every rank must post the matching send/recv). All processes "
+                f"(a deadlock? every rank must post the matching send/recv). What each rank was "
+                f"doing:\n{_mpi_state.describe(states, done, world_size)}\nAll processes "
                 f"were stopped.{_tail_text(tail)}"
             )
-        return _collect(d, world_size, engine, proc.returncode, tail)
-    except BaseException:
+        return _collect(d, world_size, engine, proc.returncode, tail, deaths)
+    except BaseException as e:
         if proc is not None and proc.poll() is None:
             _kill_all(proc, d)
-        raise
+        if isinstance(e, _Terminated):
+            terminated = True
+        else:
+            raise
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -231,6 +297,33 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
             if proc.stdout is not None:
                 proc.stdout.close()
         shutil.rmtree(d, ignore_errors=True)
+        _restore_sigterm(old_term)
+    if terminated:  # everything is cleaned up: now let SIGTERM end this process as it would have
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise CommError("launch(backend='mpi') was stopped by SIGTERM; its ranks were stopped")
+
+
+def _catch_sigterm():
+    """While a launch runs (main thread only), SIGTERM raises _Terminated here so the
+    ranks are stopped and the temp folder removed; returns the handler to restore."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    old = signal.getsignal(signal.SIGTERM)
+    if old is signal.SIG_IGN or old is None:
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    return old
+
+
+def _restore_sigterm(old):
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _flavour(exe):
@@ -244,16 +337,87 @@ def _flavour(exe):
     return "openmpi" if "Open MPI" in out or "OpenRTE" in out else "mpich"
 
 
-def _pump(proc, deadline, echo, tail):
+class _DeathWatch:
+    """Which rank's process ended first without a result (hydra kills the others a few
+    ms after it). Each rank's pid file is opened as a pidfd (Linux) that ``select``
+    reports the moment the process ends; elsewhere /proc is polled. ``deaths``: rank ->
+    order of death (ranks seen gone in the same wake-up share a number)."""
+
+    def __init__(self, d, deaths):
+        self.d, self.deaths, self.pids, self.fds = d, deaths, {}, {}
+
+    def scan(self):
+        if self.d is None or len(self.pids) == len([n for n in os.listdir(self.d) if n.startswith("pid")]):
+            return
+        for name in os.listdir(self.d):
+            if name.startswith("pid") and name[3:].isdigit() and int(name[3:]) not in self.pids:
+                try:
+                    with open(os.path.join(self.d, name)) as f:
+                        pid = int(f.read().strip())
+                except (OSError, ValueError):
+                    continue
+                self.pids[int(name[3:])] = pid
+                try:
+                    self.fds[os.pidfd_open(pid)] = int(name[3:])
+                except (AttributeError, OSError):
+                    pass
+
+    def ready(self, fds):
+        """The pidfds among select's ``fds``: those ranks ended."""
+        gone = [self.fds[f] for f in fds if f in self.fds]
+        for f in [f for f in fds if f in self.fds]:
+            os.close(f)
+            del self.fds[f]
+        if not self.fds and self.pids:  # no pidfds: poll /proc
+            gone += [r for r, pid in self.pids.items() if r not in self.deaths and not _alive(pid)]
+        gone = [r for r in gone if not os.path.exists(os.path.join(self.d, f"rank{r}.pkl"))]
+        if gone:
+            n = 1 + max(self.deaths.values(), default=0)
+            for r in gone:
+                self.deaths.setdefault(r, n)
+
+    def close(self):
+        for f in self.fds:
+            os.close(f)
+        self.fds = {}
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _pump(proc, deadline, echo, tail, d=None, deaths=None, stall=None):
     """Copy the ranks' output here (from this thread: a notebook shows it in the cell)
-    until mpiexec exits or the deadline passes."""
+    until mpiexec exits, the deadline passes or ``stall`` (a :class:`_mpi_state.Watch`)
+    finds a deadlock (its ``report``); meanwhile note which ranks die."""
+    watch = _DeathWatch(d, {} if deaths is None else deaths)
+    try:
+        _pump_loop(proc, deadline, echo, tail, watch, stall)
+    finally:
+        watch.close()
+
+
+def _pump_loop(proc, deadline, echo, tail, watch, stall=None):
     fd = proc.stdout.fileno()
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     kept = 0
+    next_check = time.perf_counter() + 0.25
     while True:
-        wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.perf_counter()))
-        ready, _, _ = select.select([fd], [], [], wait)
-        if ready:
+        watch.scan()
+        if stall is not None and time.perf_counter() >= next_check:
+            next_check = time.perf_counter() + 0.25
+            if proc.poll() is None:
+                stall.report = stall.check()
+                if stall.report is not None:
+                    return
+        wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.perf_counter()))
+        ready, _, _ = select.select([fd, *watch.fds], [], [], wait)
+        watch.ready(ready)
+        if fd in ready:
             chunk = os.read(fd, 65536)
             if not chunk:  # EOF: every rank closed its output; mpiexec is exiting
                 while proc.poll() is None:
@@ -291,7 +455,57 @@ def _tail_text(tail):
     return "\nLast output of the ranks:\n" + text[-3000:]
 
 
-def _collect(d, world_size, engine, returncode, tail):
+_BAD_PID = re.compile(r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\s*\n=\s*PID (\d+) RUNNING AT")
+_SIGNAL = re.compile(r"EXIT STRING: ([^\n]*?)\s*\(signal (\d+)\)")
+
+
+def _how_died(d, world_size, returncode, tail, deaths, missing):
+    """(rank that died first, how, the others) for ranks that ended without a result:
+    hydra names the PID of a rank killed by a signal; otherwise the first rank seen gone."""
+    text = "".join(tail)
+    pids = {}
+    for r in range(world_size):
+        try:
+            with open(os.path.join(d, f"pid{r}")) as f:
+                pids[int(f.read().strip())] = r
+        except (OSError, ValueError):
+            pass
+    first, how = None, None
+    for r in missing:  # a rank that called os._exit said so first (_mpi_worker)
+        try:
+            with open(os.path.join(d, f"exit{r}")) as f:
+                code = f.read().strip()
+        except OSError:
+            continue
+        return r, f"called os._exit({code})", [q for q in missing if q != r]
+    bad = _BAD_PID.search(text)  # hydra names the PID of the process that ended badly
+    if bad and pids.get(int(bad.group(1))) in missing:
+        first = pids[int(bad.group(1))]
+    elif deaths:  # the first rank seen gone (hydra stops the others after it)
+        earliest = min(deaths.values())
+        firsts = sorted(r for r, n in deaths.items() if n == earliest)
+        if len(firsts) == 1:
+            first = firsts[0]
+    sig = _SIGNAL.search(text)
+    if first is not None and sig:
+        num = int(sig.group(2))
+        try:
+            how = f"was killed by signal {signal.Signals(num).name} ({num})"
+        except ValueError:
+            how = f"was killed by signal {num}"
+    if first is None:
+        return None, None, missing
+    if how is None:
+        if returncode is not None and returncode < 0:
+            how = f"was killed by signal {signal.Signals(-returncode).name}"
+        elif returncode:
+            how = f"exited with code {returncode} without a result (os._exit, or the process was killed)"
+        else:
+            how = "exited without a result"
+    return first, how, [r for r in missing if r != first]
+
+
+def _collect(d, world_size, engine, returncode, tail, deaths=None):
     results, errors, missing = [None] * world_size, [], []
     for r in range(world_size):
         path = os.path.join(d, f"rank{r}.pkl")
@@ -318,6 +532,14 @@ def _collect(d, world_size, engine, returncode, tail):
             exc.add_note(f"(ranks {others} raised too; rank {r} was the first)")
         raise exc
     if missing:
+        first, how, others = _how_died(d, world_size, returncode, tail, deaths or {}, missing)
+        if first is not None:
+            also = f"; rank(s) {others} were stopped after it" if others else ""
+            raise RankFailure(
+                f"launch(backend={engine!r}, world_size={world_size}): rank {first} {how}{also}. "
+                f"Out of memory, os._exit or a crash in fn?{_tail_text(tail)}",
+                failed_rank=first,
+            )
         raise RankFailure(
             f"launch(backend={engine!r}, world_size={world_size}): rank(s) {missing} ended without "
             f"a result (mpiexec exit code {returncode}): killed, out of memory, or os._exit "

@@ -117,7 +117,12 @@ class _SendRequest(Request):
 
     def wait(self):
         if self._reqs:
-            self._comm._wait(self._reqs)
+            c = self._comm
+            c._enter("wait() of an isend to", getattr(self, "_peer", None), getattr(self, "_tag", None))
+            try:
+                c._wait(self._reqs)
+            finally:
+                c._leave()
             self._reqs, self._keep = [], None
         return None
 
@@ -166,11 +171,16 @@ class _RecvRequest(Request):
 
     def wait(self):
         if not self._done:
-            if self._hreq is not None:
-                self._on_header(self._comm._wait_one(self._hreq, exclude=self))
-            if self._preq is not None:
-                self._comm._wait([self._preq])
-                self._finish()
+            c = self._comm
+            c._enter("wait() of an irecv from", self._src, self._tag)
+            try:
+                if self._hreq is not None:
+                    self._on_header(c._wait_one(self._hreq, exclude=self))
+                if self._preq is not None:
+                    c._wait([self._preq])
+                    self._finish()
+            finally:
+                c._leave()
         if self._error is not None:
             err, self._error, self._result = self._error, None, None
             raise err

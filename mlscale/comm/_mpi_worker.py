@@ -71,6 +71,9 @@ def main(d):
     with open(os.path.join(d, "meta.pkl"), "rb") as f:
         meta = pickle.load(f)
     sys.path[:0] = [p for p in meta["sys_path"] if p not in sys.path]
+    drop = os.environ.pop("MLSCALE_DROP_HWLOC_XMLFILE", None)  # set only for hydra (_mpi_launch)
+    if drop is not None and os.environ.get("HWLOC_XMLFILE") == drop:
+        del os.environ["HWLOC_XMLFILE"]
     _watch_launcher()
     try:  # whole lines reach the launcher as they are printed, not at exit
         sys.stdout.reconfigure(line_buffering=True)
@@ -83,6 +86,18 @@ def main(d):
     rank = world.Get_rank()
     with open(os.path.join(d, f"pid{rank}"), "w") as f:
         f.write(str(os.getpid()))
+    if meta.get("board", True):  # what this rank waits for, read by the launcher (_mpi_state)
+        os.environ["MLSCALE_MPI_STATE"] = os.path.join(d, f"state{rank}")
+    real_exit = os._exit
+
+    def _exit(code):  # os._exit in fn skips every handler: say it first, for the launcher
+        try:
+            with open(os.path.join(d, f"exit{rank}"), "w") as f:
+                f.write(repr(code))
+        finally:
+            real_exit(code)
+
+    os._exit = _exit
     try:
         with open(os.path.join(d, "task.pkl"), "rb") as f:
             fn, args = pickle.load(f)

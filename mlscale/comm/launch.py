@@ -33,7 +33,12 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
              one GPU of this machine; "N logical GPUs on one device")
     network  a ``NetworkModel`` (sim only)
     timeout  wall-clock seconds for the whole run (sim: checked at every scheduler switch,
-             so a rank spinning in Python without communicating is not interrupted)
+             so a rank spinning in Python without communicating is not interrupted).
+             mpi/nccl with timeout=None: 300 s, or $MLSCALE_MPI_TIMEOUT seconds ("none": no
+             limit), as torch's NCCL watchdog ends a job stuck in a collective; on timeout
+             the error says what each rank was waiting in. Sooner than that, a DeadlockError
+             ends an mpi/nccl run once a rank has waited 3 s on a rank that had returned,
+             or every running rank has waited 9 s on the others ($MLSCALE_MPI_DEADLOCK=3)
     mpiexec_args  extra mpiexec arguments for mpi/nccl runs, e.g. ``["-f", "hosts"]``
              (MPICH) to spread the ranks over the machines of a hostfile
     """
@@ -51,6 +56,15 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number))
                                 or not np.isfinite(timeout) or timeout <= 0):
         raise CommError(f"timeout={timeout!r} must be a number of wall-clock seconds > 0, or None for no limit")
+
+    if isinstance(mpiexec_args, (str, bytes)):
+        import shlex
+
+        text = mpiexec_args if isinstance(mpiexec_args, str) else mpiexec_args.decode()
+        raise CommError(
+            f"mpiexec_args={mpiexec_args!r} is one string; pass a list with one item per argument, "
+            f"e.g. {shlex.split(text)!r} (shlex.split does it)"
+        )
 
     if backend == "sim":
         from .sim import Simulator

@@ -51,6 +51,7 @@ from ._mpi_wire import (  # noqa: F401  (_bytes, _mpi, headers: used by _mpi_nat
     _SendRequest,
 )
 from .base import ANY_SOURCE, Communicator
+from ._mpi_state import board, board_text
 from .errors import CommError, TimeoutError
 
 _HOOKED = False
@@ -81,6 +82,40 @@ def _install_excepthook():
                 world.Abort(1)
 
     sys.excepthook = hook
+    _hook_sys_exit()
+
+
+def _hook_sys_exit():
+    """A rank's ``sys.exit(n)`` (n not 0/None) bypasses sys.excepthook and would leave the
+    other ranks waiting forever: note the code, and at exit (before MPI_Finalize, which
+    mpi4py runs after Python's atexit handlers) print the rank and MPI_Abort. A bare
+    ``raise SystemExit(n)`` is not seen: run scripts as ``python -m mpi4py script.py``
+    to cover that too (mpi4py then aborts on any exit with an error)."""
+    import atexit
+
+    real_exit = sys.exit
+    state = {"code": None}
+
+    def exit_(code=None):
+        state["code"] = code
+        real_exit(code)
+
+    def at_exit():
+        code = state["code"]
+        if code in (None, 0):
+            return
+        world = _mpi().COMM_WORLD
+        if world.Get_size() > 1:
+            sys.stderr.write(
+                f"mlscale: rank {world.Get_rank()} of {world.Get_size()} called sys.exit({code!r}); "
+                "calling MPI_Abort so the other ranks do not hang\n"
+            )
+            sys.stderr.flush()
+            time.sleep(0.1)
+            world.Abort(code if isinstance(code, int) and 0 < code < 256 else 1)
+
+    sys.exit = exit_
+    atexit.register(at_exit)
 
 
 
@@ -134,7 +169,53 @@ class MPIComm(Communicator):
         self._pending: list[_RecvRequest] = []  # irecvs whose header is not read yet
         self._scratch = np.empty(_RBUF, np.uint8)  # blocking receives read headers here
         self._t0 = MPI.Wtime()
+        self._board = board()  # what this rank waits for, read by the launcher (_mpi_state)
+        if self._board is not None:
+            world = MPI.COMM_WORLD.Get_group()
+            self._world_ranks = MPI.Group.Translate_ranks(base.Get_group(), list(range(self.world_size)), world)
+            world.Free()
+            self._board_texts = {}
         _install_excepthook()
+
+    # ------------------------------------------------------------------ the state board
+    def _enter(self, what, peer=None, tag=None, nbytes=None):
+        """Note on the board that this rank now waits in ``what`` ("send to", "recv from", a
+        free text) on ``peer`` (a rank of this communicator, ANY_SOURCE, or None: every rank of
+        it). Pair with :meth:`_leave`. Costs nothing when there is no board, and a dict lookup
+        plus two small writes when there is (the text of a wait is made once, then reused)."""
+        b = self._board
+        if b is None:
+            return
+        key = (what, peer, tag, nbytes, self._label, self._coll_seq)
+        text = self._board_texts.get(key)
+        if text is None:
+            text = self._board_text(*key)
+            if len(self._board_texts) > 4096:
+                self._board_texts.clear()
+            self._board_texts[key] = text
+        b.enter_text(text)
+
+    def _board_text(self, what, peer, tag, nbytes, label, coll_seq):
+        w = self._world_ranks
+        if peer is None or peer == ANY_SOURCE or peer == _mpi().ANY_SOURCE:
+            peers = [w[q] for q in range(self.world_size) if q != self.rank]
+            mode = "all" if peer is None else "any"
+            if peer is not None:
+                what += " any rank"
+        else:
+            peers, mode = [w[peer]], "all"
+            what += f" rank {w[peer]}"
+        if tag is not None:
+            what += f" (tag {tag})" if nbytes is None else f" (tag {tag}, {nbytes} B)"
+        if label:
+            what = f"{label} (collective #{coll_seq}): {what}"
+        if self.world_size != len(w) or w[self.rank] != self.rank:
+            what += f" [in a sub-communicator: its ranks are world ranks {w}]"
+        return board_text(what, peers, mode)
+
+    def _leave(self):
+        if self._board is not None:
+            self._board.leave()
 
     @property
     def mpi_comm(self):
@@ -183,18 +264,24 @@ class MPIComm(Communicator):
         return [r1, r2], (h, buf)
 
     def _send(self, buf, dst, tag):
-        if buf.nbytes <= INLINE_BYTES and not self._pending:  # fast path: one eager Send
-            msg, off = _make_header(buf, -1, buf.nbytes)
-            msg[off:] = _bytes(buf)
-            self._hc.Send([msg, _mpi().BYTE], dst, tag)
-            return
-        reqs, keep = self._post_send(buf, dst, tag)
-        self._wait(reqs)
-        del keep
+        self._enter("send to", dst, tag, buf.nbytes)
+        try:
+            if buf.nbytes <= INLINE_BYTES and not self._pending:  # fast path: one eager Send
+                msg, off = _make_header(buf, -1, buf.nbytes)
+                msg[off:] = _bytes(buf)
+                self._hc.Send([msg, _mpi().BYTE], dst, tag)
+                return
+            reqs, keep = self._post_send(buf, dst, tag)
+            self._wait(reqs)
+            del keep
+        finally:
+            self._leave()
 
     def _isend(self, buf, dst, tag):
         reqs, keep = self._post_send(buf, dst, tag)
-        return _SendRequest(self, reqs, keep)
+        req = _SendRequest(self, reqs, keep)
+        req._peer, req._tag = dst, tag
+        return req
 
     def _irecv(self, src, tag, out):
         return _RecvRequest(self, src, tag, out)
@@ -210,6 +297,13 @@ class MPIComm(Communicator):
             sreq.wait()
 
     def _recv(self, src, tag, out):
+        self._enter("recv from", src, tag)
+        try:
+            return self._recv_now(src, tag, out)
+        finally:
+            self._leave()
+
+    def _recv_now(self, src, tag, out):
         if self._pending:  # irecvs wait for their headers: keep reading them meanwhile
             return _RecvRequest(self, src, tag, out).wait()
         MPI = _mpi()  # fast path: blocking receives into a buffer kept for the purpose
@@ -252,6 +346,7 @@ class MPIComm(Communicator):
         req = _RecvRequest(self, src, tag, out)
         deadline = time.perf_counter() + float(timeout)
         pause = 2e-5
+        # (not on the state board: this wait ends by itself, and the launcher must not stop it)
         while not req.test():
             if time.perf_counter() > deadline and req._hreq is not None and req.cancel():
                 who = "any rank" if src == _mpi().ANY_SOURCE else f"rank {src}"
@@ -265,7 +360,12 @@ class MPIComm(Communicator):
 
     # ------------------------------------------------------------------ agreement and collectives
     def _agree(self, signature, extra=None):
-        everyone = self._hc.allgather((signature, extra))
+        if self._board is not None:
+            self._enter(f"the argument check of {signature[0]} (collective #{self._coll_seq + 1})")
+        try:
+            everyone = self._hc.allgather((signature, extra))
+        finally:
+            self._leave()
         sigs = [s for s, _ in everyone]
         if any(s != sigs[0] for s in sigs[1:]):
             raise CommError(_mismatch_message(self, sigs))
@@ -277,10 +377,23 @@ class MPIComm(Communicator):
         return NATIVE.get(name)
 
     def barrier(self):
-        if self._pending:
-            self._wait([self._hc.Ibarrier()])
-        else:
-            self._hc.Barrier()
+        self._enter("barrier")
+        try:
+            if self._pending:
+                self._wait([self._hc.Ibarrier()])
+            else:
+                self._hc.Barrier()
+        finally:
+            self._leave()
+
+    def _run(self, name, fn, *args):
+        if getattr(fn, "algorithm", None) is not None:  # mlscale's own: its sends/recvs say it
+            return super()._run(name, fn, *args)
+        self._enter(f"{name} (collective #{self._coll_seq}, MPI's own)")
+        try:
+            return super()._run(name, fn, *args)
+        finally:
+            self._leave()
 
     def split(self, color, key=None):
         """Sub-communicators (MPI_Comm_split): ranks with the same ``color`` form one,
