@@ -65,3 +65,9 @@ def test_bench_fsdp_prints_the_table(capsys):
     assert main(["--d-model", "16", "--layers", "2", "--seq-len", "8", "--vocab", "11", "--batch", "8"]) == 0
     out = capsys.readouterr().out
     assert "| ZeRO-3 |" in out and "1.50x" in out and "Ethernet-like" in out
+
+
+def test_timeline_shares_the_longer_time_axis():
+    axes = plot_fsdp_timeline(make_model, _batch(), 2, NET)
+    t = prefetch_step_times(make_model, _batch(), 2, NET)
+    assert axes[0].get_xlim()[1] == axes[1].get_xlim()[1] >= t["no prefetch"] * 1e3

@@ -83,11 +83,15 @@ def plot_fsdp_timeline(make_model, batch, world_size, network, stage=3, axes=Non
 
     if axes is None:
         _, axes = plt.subplots(2, 1, figsize=(9, 1.0 * world_size + 3), sharex=True)
+    ends = []
     for ax, (name, kw) in zip(axes, {"no prefetch": dict(prefetch=False, overlap=False),
                                      "prefetch": dict(prefetch=True, overlap=True)}.items()):
         res, trace = run_step(make_model, batch, world_size, stage, network, lr, **kw)
         t = max(r["time"] for r in res)
         timeline(trace, ax=ax, unit="ms", title=f"ZeRO-{stage}, {name}: step {t * 1e3:.3f} ms (virtual)")
+        ends.append(trace.end)
+    for ax in axes:  # one time axis for both, the longer run's
+        ax.set_xlim(0, max(ends) * 1e3 * 1.01)
     return axes
 
 
