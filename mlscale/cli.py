@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("allreduce", "kernels", "train", "gpt")
+BENCHES = ("allreduce", "kernels", "train", "gpt", "alltoall")
 
 
 def main(argv=None):
