@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("allreduce", "kernels", "train", "gpt", "fsdp")
+BENCHES = ("allreduce", "kernels", "train", "gpt", "fsdp", "alltoall")
 
 
 def main(argv=None):

@@ -4,7 +4,7 @@ Each function takes ``(comm, ...)`` and works on any engine and any world size
 (1, 3, 5, 7 included) and any length (smaller than world_size, not divisible by it).
 :mod:`mlscale.collectives.cost` holds the alpha-beta-gamma model of each one.
 """
-from . import allreduce, gathers, hierarchical, rooted  # noqa: F401
+from . import allreduce, alltoall, gathers, hierarchical, rooted  # noqa: F401
 
 ALGORITHMS = {
     "all_reduce": {
@@ -28,6 +28,7 @@ ALGORITHMS = {
     "reduce": {"linear": rooted.reduce_linear, "tree": rooted.reduce_tree},
     "gather": {"linear": rooted.gather_linear},
     "scatter": {"linear": rooted.scatter_linear},
+    "all_to_all": {"pairwise": alltoall.pairwise, "bruck": alltoall.bruck, "linear": alltoall.linear},
 }
 
 #: MPICH switches from recursive doubling to Rabenseifner above this many bytes

@@ -149,3 +149,52 @@ def fit_alpha_beta(nbytes, seconds):
     A = np.stack([np.ones_like(n), n], axis=1)
     (alpha, beta), *_ = np.linalg.lstsq(A, t, rcond=None)
     return float(max(alpha, 0.0)), float(max(beta, 0.0))
+
+
+# ---------------------------------------------------------------- all-to-all (issue 11)
+def _bruck_blocks(p):
+    """m_k for each round k = 1, 2, 4, ... < p of Bruck's all-to-all: #{i < p: i & k}."""
+    out, k = [], 1
+    while k < p:
+        out.append(sum(1 for i in range(p) if i & k))
+        k <<= 1
+    return out
+
+
+def all_to_all(algorithm, p, n, alpha, beta):
+    """Seconds for an all-to-all in which every rank sends n bytes in all (p pieces of
+    n/p, its own included), on the one-port model (Thakur, Rabenseifner, Gropp 2005):
+    pairwise (p-1)(alpha + (n/p) beta); Bruck sum over its ceil(lg p) rounds of
+    (alpha + m_k (n/p) beta), m_k = #{i < p: i & k}, which is lg p alpha + (n/2) lg p
+    beta for p a power of two. Both equal the sim clock (tested).
+
+    "linear" (every message posted at once) gets the pairwise time as a lower bound:
+    it is reached only where the network interleaves the messages so that no port
+    waits. The sim engine books a port first come, first served, in the order the
+    ranks run, so on sim linear takes 3(p-1)(alpha + (n/p) beta) for p >= 3 (measured,
+    tests/test_alltoall.py): what a network without flow scheduling pays for posting
+    everything at once."""
+    if p == 1:
+        return 0.0
+    b = n / p
+    if algorithm in ("pairwise", "linear"):
+        return (p - 1) * (alpha + b * beta)
+    if algorithm == "bruck":
+        return sum(alpha + m * b * beta for m in _bruck_blocks(p))
+    raise ValueError(f"no cost model for all_to_all algorithm {algorithm!r}")
+
+
+def all_to_all_bytes_sent(algorithm, p, n):
+    """Bytes one rank puts on the wire in an all-to-all of n bytes per rank: pairwise
+    (p-1)/p n (each byte once, the own piece stays); Bruck sum m_k n/p (bytes hop up
+    to lg p times: n/2 lg p for p a power of two)."""
+    if p == 1:
+        return 0
+    if algorithm in ("pairwise", "linear"):
+        return (p - 1) / p * n
+    if algorithm == "bruck":
+        return sum(_bruck_blocks(p)) * n / p
+    raise ValueError(f"no byte count for all_to_all algorithm {algorithm!r}")
+
+
+BUSBW_FACTOR["all_to_all"] = lambda p: (p - 1) / p  # nccl-tests' alltoall

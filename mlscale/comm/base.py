@@ -321,6 +321,119 @@ class Communicator:
         fn, _ = self._collective("scatter", None, None, algorithm, root)
         return self._run("scatter", fn, xs, root)
 
+    # ------------------------------------------------------------------ all-to-all (issue 11)
+    def all_to_all(self, xs, algorithm=None, split_sizes=None, out=None):
+        """Rank i sends piece j of its input to rank j and gets back what every rank sent
+        it, in rank order (MPI_Alltoall(v), torch ``all_to_all`` / ``all_to_all_single``,
+        JAX ``all_to_all``): a transpose of the blocks, the collective of experts and Ulysses.
+
+        - ``xs`` a list of ``world_size`` arrays (their lengths along axis 0 may differ,
+          as in MPI_Alltoallv; trailing shape and dtype must match): returns the list of
+          ``world_size`` arrays received, piece j from rank j.
+        - ``xs`` one array: cut along axis 0 into ``world_size`` equal chunks, or into
+          ``split_sizes`` rows (uneven); returns one array, the received pieces
+          concatenated along axis 0 in rank order (``out=`` to receive into one).
+          :meth:`all_to_all_v` also returns how many rows came from each rank.
+
+        ``algorithm``: None (the engine's own: MPI_Alltoallv, NCCL grouped send/recv; on
+        sim MPICH's choice by size), ``"pairwise"``, ``"bruck"`` or ``"linear"``
+        (:mod:`mlscale.collectives.alltoall`)."""
+        if isinstance(xs, (list, tuple)):
+            if split_sizes is not None or out is not None:
+                raise CommError(f"{self._describe()}: all_to_all of a list of pieces takes no split_sizes= "
+                                "or out= (the pieces' lengths are the splits); pass one array to use them")
+            pieces = [self._as_array(a, f"xs[{j}]") for j, a in enumerate(xs)]
+            scalar = bool(pieces) and all(a.ndim == 0 for a in pieces)
+            got, _ = self._all_to_all([a.reshape(1) for a in pieces] if scalar else pieces, algorithm)
+            return [g.reshape(()) for g in got] if scalar else got
+        y, _ = self.all_to_all_v(xs, split_sizes, algorithm=algorithm)
+        return _into(out, y)
+
+    def all_to_all_v(self, x, split_sizes=None, recv_split_sizes=None, algorithm=None):
+        """Uneven all-to-all on one array (MPI_Alltoallv, torch ``all_to_all_single`` with
+        ``input_split_sizes``): rows ``split_sizes[j]`` of ``x`` (axis 0, in order) go to
+        rank j; None cuts ``x`` into ``world_size`` equal chunks. Returns ``(y, recv_sizes)``:
+        the pieces received, concatenated in rank order, and how many rows came from each
+        rank. ``recv_split_sizes``, if given, is checked against what the ranks send
+        (a mismatch names both ranks, on every rank)."""
+        x = self._as_array(x)
+        p = self.world_size
+        if x.ndim == 0:
+            raise CommError(f"{self._describe()}: all_to_all needs an array with an axis 0 to cut into "
+                            f"{p} pieces, got a 0-d array; pass a list of {p} arrays instead")
+        n0 = int(x.shape[0])
+        if split_sizes is None:
+            if n0 % p:
+                raise CommError(
+                    f"{self._describe()}: all_to_all cuts axis 0 into {p} equal pieces, but x has {n0} rows "
+                    f"(not a multiple of world_size={p}); pass split_sizes= (rows for each rank, summing to "
+                    f"{n0}) or a list of {p} arrays")
+            sizes = [n0 // p] * p
+        else:
+            sizes = self._a2a_sizes(split_sizes, "split_sizes", n0)
+        cut = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        pieces = [x[cut[j]:cut[j + 1]] for j in range(p)]
+        expect = None if recv_split_sizes is None else tuple(self._a2a_sizes(recv_split_sizes, "recv_split_sizes", None))
+        got, recv = self._all_to_all(pieces, algorithm, expect, uniform=split_sizes is None)
+        y = self.xp.concatenate(got) if p > 1 else got[0]
+        return y, recv
+
+    def _all_to_all(self, pieces, algorithm, expect=None, uniform=False):
+        """Check, agree on the p x p counts, pick the algorithm, run it."""
+        p, r = self.world_size, self.rank
+        if not pieces:
+            raise CommError(f"{self._describe()}: all_to_all needs {p} pieces (one per rank), got none")
+        rows, dt = tuple(pieces[0].shape[1:]), pieces[0].dtype
+        for j, a in enumerate(pieces):
+            if a.ndim == 0 or tuple(a.shape[1:]) != rows or a.dtype != dt:
+                raise CommError(
+                    f"{self._describe()}: all_to_all piece {j} has shape {tuple(a.shape)} {a.dtype}, piece 0 "
+                    f"{tuple(pieces[0].shape)} {dt}: pieces may differ in length along axis 0 only")
+        mine = tuple(int(a.shape[0]) for a in pieces)
+        key = (f"{len(pieces)} pieces", "*") + rows
+        fn, extras = self._collective("all_to_all", pieces[0], None, algorithm, shape_key=key, extra=(mine, expect))
+        if len(pieces) != p:  # the same on every rank (the count is in the agreed signature)
+            raise CommError(f"{self._describe()}: all_to_all needs world_size={p} pieces (piece j goes to "
+                            f"rank j), every rank passed {len(pieces)}")
+        if extras is None:  # validation off: equal pieces need no agreement, uneven ones still do
+            if uniform:
+                extras = [(mine, None)] * p
+            else:
+                extras = self._agree(("all_to_all", key, dt.str, None, algorithm, None), (mine, expect))
+                self._coll_seq += 1
+        counts = [list(e[0]) for e in extras]
+        bad = [f"rank {i} expects {e[1][j]} row(s) from rank {j}, which sends it {counts[j][i]}"
+               for i, e in enumerate(extras) if e[1] is not None for j in range(p) if e[1][j] != counts[j][i]]
+        if bad:
+            raise CommError(f"{self._describe()}: all_to_all recv_split_sizes disagree with what the ranks send: "
+                            + "; ".join(bad[:4]) + ("; ..." if len(bad) > 4 else "")
+                            + ". Pass recv_split_sizes[j] = rank j's split_sizes[me], or leave it None")
+        if algorithm is None and hasattr(fn, "algorithm"):  # sim: MPICH's choice, by the largest piece
+            from ..collectives.alltoall import choose
+
+            name = choose(p, max(max(c) for c in counts) * int(np.prod(rows)) * dt.itemsize)
+            fn = _bind(ALGORITHMS["all_to_all"][name], name)
+        got = self._run("all_to_all", fn, pieces, counts)
+        return got, [counts[j][r] for j in range(p)]
+
+    def _a2a_sizes(self, sizes, what, total):
+        """``split_sizes`` of an all-to-all: world_size whole numbers >= 0 (summing to total)."""
+        p = self.world_size
+        try:
+            vals = [int(s) for s in sizes]
+            ok = len(vals) == p and all(v == s and v >= 0 for v, s in zip(vals, sizes))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CommError(f"{self._describe()}: all_to_all {what}={sizes!r} must be {p} whole numbers >= 0, "
+                            "one per rank (rows of axis 0 for rank j)")
+        if total is not None and sum(vals) != total:
+            raise CommError(f"{self._describe()}: all_to_all {what}={vals} sums to {sum(vals)}, but x has {total} "
+                            "rows along axis 0: the sizes must add up to the rows of x")
+        return vals
+
+    alltoall = all_to_all
+
     # aliases learners arrive with
     allreduce = all_reduce
     bcast = broadcast
@@ -348,3 +461,4 @@ def _into(out, y):
         )
     out[...] = y
     return out
+

@@ -374,6 +374,8 @@ class MPIComm(Communicator):
     def _native(self, name):
         from ._mpi_native import NATIVE
 
+        if name == "all_to_all":
+            return _native_all_to_all
         return NATIVE.get(name)
 
     def barrier(self):
@@ -416,6 +418,20 @@ class MPIComm(Communicator):
     def abort(self, code=1):
         """Stop every rank of the job at once (MPI_Abort)."""
         self._hc.Abort(code)
+
+
+def _native_all_to_all(comm, pieces, counts):
+    """MPI_Alltoallv on raw bytes: the pieces packed in rank order, counts agreed before."""
+    MPI, p, r = _mpi(), comm.world_size, comm.rank
+    rows, dt = tuple(pieces[0].shape[1:]), pieces[0].dtype
+    row = dt.itemsize * int(np.prod(rows))
+    snb = [int(counts[r][j]) * row for j in range(p)]
+    rnb = [int(counts[j][r]) * row for j in range(p)]
+    sbuf = np.concatenate([_bytes(a) for a in pieces]) if sum(snb) else np.empty(0, np.uint8)
+    rbuf = np.empty(sum(rnb), np.uint8)
+    sd, rd = np.cumsum([0] + snb[:-1]).tolist(), np.cumsum([0] + rnb[:-1]).tolist()
+    comm._hc.Alltoallv([sbuf, snb, sd, MPI.BYTE], [rbuf, rnb, rd, MPI.BYTE])
+    return [rbuf[rd[j]:rd[j] + rnb[j]].view(dt).reshape((counts[j][r],) + rows) for j in range(p)]
 
 
 def launch_mpi(fn, world_size, args=(), device="cpu", timeout=None, **kwargs):
