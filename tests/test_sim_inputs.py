@@ -1,0 +1,54 @@
+"""Issue 9, part 4: bad sim inputs get a clear error naming the argument and the fix."""
+import math
+
+import numpy as np
+import pytest
+
+import mlscale as ms
+from mlscale.comm.errors import CommError
+
+
+def test_a_network_given_by_name_is_refused_with_how_to_build_one():
+    with pytest.raises(CommError) as e:
+        ms.launch(lambda comm: comm.rank, 2, network="fast")
+    msg = str(e.value)
+    assert "network='fast'" in msg and "NetworkModel.cluster" in msg
+
+
+def test_a_network_model_still_runs():
+    res = ms.launch(lambda comm: comm.all_reduce(np.ones(2)), 2, network=ms.NetworkModel(alpha=0.0))
+    assert [list(r) for r in res] == [[2.0, 2.0], [2.0, 2.0]]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64k", True])
+def test_a_bad_eager_limit_is_refused(bad):
+    with pytest.raises(ValueError, match="eager_limit"):
+        ms.NetworkModel(eager_limit=bad)
+
+
+def test_eager_limit_zero_and_none_are_accepted():
+    assert ms.NetworkModel(eager_limit=0).eager_limit == 0
+    assert ms.NetworkModel(eager_limit=None).eager_limit is None
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta", "gamma", "flops"])
+def test_nan_costs_are_refused(name):
+    with pytest.raises(ValueError, match=name):
+        ms.NetworkModel(**{name: math.nan})
+
+
+@pytest.mark.parametrize("kw", [{"seconds": math.nan}, {"seconds": -1.0}, {"seconds": math.inf},
+                                {"seconds": "1"}, {"flops": -5}, {"flops": math.nan}])
+def test_compute_refuses_nan_negative_and_non_numbers(kw):
+    def program(comm):
+        comm.compute(**kw)
+
+    with pytest.raises(CommError) as e:
+        ms.launch(program, 1)
+    key = next(iter(kw))
+    assert f"compute({key}=" in str(e.value) and "finite number >= 0" in str(e.value)
+
+
+def test_compute_still_advances_the_clock():
+    res = ms.launch(lambda comm: comm.compute(seconds=0.5, flops=1e10) or comm.clock, 1)
+    assert res[0] == pytest.approx(1.5)
