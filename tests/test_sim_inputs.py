@@ -52,3 +52,41 @@ def test_compute_refuses_nan_negative_and_non_numbers(kw):
 def test_compute_still_advances_the_clock():
     res = ms.launch(lambda comm: comm.compute(seconds=0.5, flops=1e10) or comm.clock, 1)
     assert res[0] == pytest.approx(1.5)
+
+
+def _collective(name, x, out):
+    def program(comm):
+        return getattr(comm, name)(x, out=out)
+    return program
+
+
+@pytest.mark.parametrize("name", ["all_reduce", "reduce_scatter", "all_gather", "broadcast"])
+@pytest.mark.parametrize("bad", [[0.0, 0.0], 3.0, np.float64(1.0)])
+def test_out_that_is_not_an_array_is_refused_naming_the_collective(name, bad):
+    with pytest.raises(CommError) as e:
+        ms.launch(_collective(name, np.ones(2), bad), 2)
+    assert f"{name}(out=...) must be an array" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["all_reduce", "reduce_scatter", "all_gather", "broadcast"])
+def test_read_only_out_is_refused(name):
+    def program(comm):
+        out = np.zeros({"all_gather": 4, "reduce_scatter": 1}.get(name, 2))
+        out.flags.writeable = False
+        return getattr(comm, name)(np.ones(2), out=out)
+
+    with pytest.raises(CommError, match="read-only"):
+        ms.launch(program, 2)
+
+
+@pytest.mark.parametrize("name,n,want", [("all_reduce", 2, [2.0, 2.0]), ("reduce_scatter", 1, None),
+                                         ("all_gather", 4, [1.0, 1.0, 1.0, 1.0]), ("broadcast", 2, [1.0, 1.0])])
+def test_out_is_written_and_returned(name, n, want):
+    def program(comm):
+        out = np.full(n, -7.0)
+        y = getattr(comm, name)(np.ones(2), out=out)
+        return y is out, out.tolist()
+
+    res = ms.launch(program, 2)
+    for same, vals in res:
+        assert same and vals == (want or [2.0])

@@ -252,6 +252,19 @@ class Communicator:
             return native, sigs
         return _bind(table[algorithm], algorithm), sigs
 
+    def _check_out(self, name, out):
+        """out= of a collective: None or a writeable array (checked before any message
+        moves; its shape and dtype are checked against the result by ``_into``)."""
+        if out is None:
+            return
+        if not (hasattr(out, "shape") and hasattr(out, "dtype")) or isinstance(out, np.generic):
+            raise CommError(
+                f"{self._describe()}: {name}(out=...) must be an array to write the result into, "
+                f"got {type(out).__name__}; pass e.g. np.empty_like(x), or no out= to get a new array")
+        flags = getattr(out, "flags", None)
+        if flags is not None and not getattr(flags, "writeable", True):
+            raise CommError(f"{self._describe()}: {name}(out=...) is a read-only array; pass a writeable one")
+
     def _run(self, name, fn, *args):
         algo = getattr(fn, "algorithm", "native")
         with self.label(f"{name}/{algo}"):
@@ -261,8 +274,7 @@ class Communicator:
         """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
-        if out is not None and not hasattr(out, "shape"):
-            raise CommError(f"{self._describe()}: out= must be an array, got {type(out).__name__}")
+        self._check_out("all_reduce", out)
         fits = out is not None and tuple(out.shape) == tuple(x.shape) and out.dtype == x.dtype and (
             op != "mean" or x.dtype.kind in "fc")
         if fits and getattr(fn, "accepts_out", False):  # otherwise _into checks out= and says why
@@ -274,6 +286,7 @@ class Communicator:
         chunks as ``np.array_split(flat, world_size)`` (JAX psum_scatter)."""
         x = self._as_array(x)
         fn, _ = self._collective("reduce_scatter", x, op, algorithm)
+        self._check_out("reduce_scatter", out)
         return _into(out, self._run("reduce_scatter", fn, x, op))
 
     def all_gather(self, x, algorithm=None, out=None):
@@ -286,6 +299,7 @@ class Communicator:
         )
         if counts is None:  # validation off: assume equal lengths
             counts = [n0] * self.world_size
+        self._check_out("all_gather", out)
         return _into(out, self._run("all_gather", fn, x, counts))
 
     def broadcast(self, x, root=0, algorithm=None, out=None):
@@ -293,6 +307,7 @@ class Communicator:
         shape and dtype (its values are ignored), as in MPI_Bcast."""
         x = self._as_array(x)
         fn, _ = self._collective("broadcast", x, None, algorithm, root)
+        self._check_out("broadcast", out)
         return _into(out, self._run("broadcast", fn, x, root))
 
     def reduce(self, x, root=0, op="sum", algorithm=None):
