@@ -90,3 +90,28 @@ def test_out_is_written_and_returned(name, n, want):
     res = ms.launch(program, 2)
     for same, vals in res:
         assert same and vals == (want or [2.0])
+
+
+@pytest.mark.parametrize("x", [np.array(["a", "b"]), np.array([b"a"]), np.array([object()], dtype=object),
+                               np.array(["2020-01-01"], dtype="datetime64[D]")])
+def test_non_numeric_arrays_are_refused(x):
+    with pytest.raises(CommError, match="must be a numeric array"):
+        ms.launch(lambda comm: comm.all_reduce(x), 2)
+
+
+@pytest.mark.parametrize("algorithm", ["naive", "tree", "ring", "recursive_doubling", "rabenseifner"])
+def test_an_integer_sum_that_overflows_wraps_as_in_mpi(algorithm):
+    res = ms.launch(lambda comm: comm.all_reduce(np.array([100, -100], dtype=np.int8), algorithm=algorithm), 3)
+    want = (np.array([100, -100], dtype=np.int8) * np.int8(3))  # numpy wraps the same way: 300 mod 256
+    for r in res:
+        assert r.dtype == np.int8 and r.tolist() == want.tolist() == [44, -44]
+
+
+def test_a_send_still_carries_a_string_array():
+    def program(comm):
+        if comm.rank == 0:
+            comm.send(np.array(["ab", "c"]), 1)
+            return None
+        return comm.recv(0).tolist()
+
+    assert ms.launch(program, 2)[1] == ["ab", "c"]

@@ -149,11 +149,16 @@ class Communicator:
             raise CommError(f"{self._describe()}: tag={tag!r} must be an int in [0, {MAX_TAG})")
         return int(tag)
 
-    def _as_array(self, x, what="x"):
+    def _as_array(self, x, what="x", numeric=True):
+        """x as an array of the engine; collectives need numbers, a send any fixed-size
+        dtype (strings and bytes travel as bytes; object arrays hold pointers, never)."""
         xp = get_xp(x) if hasattr(x, "dtype") else self.xp
         a = xp.asarray(x)
-        if a.dtype == object:
-            raise CommError(f"{self._describe()}: {what} must be a numeric array, got dtype=object")
+        # collectives: no strings, bytes, datetimes or void (no sum or max of those)
+        if a.dtype == object or (numeric and a.dtype.kind not in "biufc"):
+            raise CommError(
+                f"{self._describe()}: {what} must be a numeric array (bool, int, float or complex), "
+                f"got dtype={a.dtype}; convert it first, e.g. np.asarray(x, dtype=float)")
         # (ascontiguousarray would turn a 0-d array into shape (1,))
         return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
@@ -186,7 +191,7 @@ class Communicator:
         """Blocking send of array ``x`` to rank ``dst``. ``x`` may be reused on return."""
         dst = self._check_peer(dst, "dst")
         tag = self._check_tag(tag, _internal)
-        buf = self._as_array(x)
+        buf = self._as_array(x, numeric=False)
         self._count(buf)
         self._send(buf, dst, tag)
 
@@ -200,7 +205,7 @@ class Communicator:
         """Non-blocking send; do not modify ``x`` before ``wait()``."""
         dst = self._check_peer(dst, "dst")
         tag = self._check_tag(tag, _internal)
-        buf = self._as_array(x)
+        buf = self._as_array(x, numeric=False)
         self._count(buf)
         return self._isend_given(buf, dst, tag) if _give else self._isend(buf, dst, tag)
 
@@ -271,7 +276,9 @@ class Communicator:
             return fn(self, *args)
 
     def all_reduce(self, x, op="sum", algorithm=None, out=None):
-        """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
+        """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum). The
+        reduction runs in ``x``'s dtype: an integer sum that overflows wraps around,
+        as in MPI (int8 100 + 100 + 100 = 44); pass a wider dtype to avoid it."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
         self._check_out("all_reduce", out)
