@@ -1,6 +1,8 @@
 """A rank's communicator on the sim engine, and its request handles."""
 from __future__ import annotations
 
+import numpy as np
+
 from ._sim_mail import _Rendezvous
 from ._sim_state import DONE
 from .base import Communicator, Request
@@ -86,6 +88,10 @@ class SimComm(Communicator):
         slowed by this rank's ``NetworkModel.speeds`` factor."""
         if seconds is None and flops is None:
             raise CommError("compute() needs seconds= or flops=")
+        for name, v in (("seconds", seconds), ("flops", flops)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
+                                  or not np.isfinite(v) or v < 0):
+                raise CommError(f"rank {self.rank}: compute({name}={v!r}) must be a finite number >= 0")
         s = (seconds or 0.0) + (flops or 0.0) / self.sim.net.flops
         self.sim.compute(self._R, s, label)
 

@@ -149,11 +149,16 @@ class Communicator:
             raise CommError(f"{self._describe()}: tag={tag!r} must be an int in [0, {MAX_TAG})")
         return int(tag)
 
-    def _as_array(self, x, what="x"):
+    def _as_array(self, x, what="x", numeric=True):
+        """x as an array of the engine; collectives need numbers, a send any fixed-size
+        dtype (strings and bytes travel as bytes; object arrays hold pointers, never)."""
         xp = get_xp(x) if hasattr(x, "dtype") else self.xp
         a = xp.asarray(x)
-        if a.dtype == object:
-            raise CommError(f"{self._describe()}: {what} must be a numeric array, got dtype=object")
+        # collectives: no strings, bytes, datetimes or void (no sum or max of those)
+        if a.dtype == object or (numeric and a.dtype.kind not in "biufc"):
+            raise CommError(
+                f"{self._describe()}: {what} must be a numeric array (bool, int, float or complex), "
+                f"got dtype={a.dtype}; convert it first, e.g. np.asarray(x, dtype=float)")
         # (ascontiguousarray would turn a 0-d array into shape (1,))
         return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
@@ -186,7 +191,7 @@ class Communicator:
         """Blocking send of array ``x`` to rank ``dst``. ``x`` may be reused on return."""
         dst = self._check_peer(dst, "dst")
         tag = self._check_tag(tag, _internal)
-        buf = self._as_array(x)
+        buf = self._as_array(x, numeric=False)
         self._count(buf)
         self._send(buf, dst, tag)
 
@@ -200,7 +205,7 @@ class Communicator:
         """Non-blocking send; do not modify ``x`` before ``wait()``."""
         dst = self._check_peer(dst, "dst")
         tag = self._check_tag(tag, _internal)
-        buf = self._as_array(x)
+        buf = self._as_array(x, numeric=False)
         self._count(buf)
         return self._isend_given(buf, dst, tag) if _give else self._isend(buf, dst, tag)
 
@@ -252,17 +257,31 @@ class Communicator:
             return native, sigs
         return _bind(table[algorithm], algorithm), sigs
 
+    def _check_out(self, name, out):
+        """out= of a collective: None or a writeable array (checked before any message
+        moves; its shape and dtype are checked against the result by ``_into``)."""
+        if out is None:
+            return
+        if not (hasattr(out, "shape") and hasattr(out, "dtype")) or isinstance(out, np.generic):
+            raise CommError(
+                f"{self._describe()}: {name}(out=...) must be an array to write the result into, "
+                f"got {type(out).__name__}; pass e.g. np.empty_like(x), or no out= to get a new array")
+        flags = getattr(out, "flags", None)
+        if flags is not None and not getattr(flags, "writeable", True):
+            raise CommError(f"{self._describe()}: {name}(out=...) is a read-only array; pass a writeable one")
+
     def _run(self, name, fn, *args):
         algo = getattr(fn, "algorithm", "native")
         with self.label(f"{name}/{algo}"):
             return fn(self, *args)
 
     def all_reduce(self, x, op="sum", algorithm=None, out=None):
-        """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum)."""
+        """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum). The
+        reduction runs in ``x``'s dtype: an integer sum that overflows wraps around,
+        as in MPI (int8 100 + 100 + 100 = 44); pass a wider dtype to avoid it."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
-        if out is not None and not hasattr(out, "shape"):
-            raise CommError(f"{self._describe()}: out= must be an array, got {type(out).__name__}")
+        self._check_out("all_reduce", out)
         fits = out is not None and tuple(out.shape) == tuple(x.shape) and out.dtype == x.dtype and (
             op != "mean" or x.dtype.kind in "fc")
         if fits and getattr(fn, "accepts_out", False):  # otherwise _into checks out= and says why
@@ -274,6 +293,7 @@ class Communicator:
         chunks as ``np.array_split(flat, world_size)`` (JAX psum_scatter)."""
         x = self._as_array(x)
         fn, _ = self._collective("reduce_scatter", x, op, algorithm)
+        self._check_out("reduce_scatter", out)
         return _into(out, self._run("reduce_scatter", fn, x, op))
 
     def all_gather(self, x, algorithm=None, out=None):
@@ -286,6 +306,7 @@ class Communicator:
         )
         if counts is None:  # validation off: assume equal lengths
             counts = [n0] * self.world_size
+        self._check_out("all_gather", out)
         return _into(out, self._run("all_gather", fn, x, counts))
 
     def broadcast(self, x, root=0, algorithm=None, out=None):
@@ -293,6 +314,7 @@ class Communicator:
         shape and dtype (its values are ignored), as in MPI_Bcast."""
         x = self._as_array(x)
         fn, _ = self._collective("broadcast", x, None, algorithm, root)
+        self._check_out("broadcast", out)
         return _into(out, self._run("broadcast", fn, x, root))
 
     def reduce(self, x, root=0, op="sum", algorithm=None):

@@ -48,8 +48,16 @@ class NetworkModel:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"NetworkModel.{name}={v!r} must be a number >= 0 (seconds)")
-        if self.flops <= 0:
-            raise ValueError(f"NetworkModel.flops={self.flops!r} must be > 0 (FLOP/s)")
+        for name in ("alpha", "beta", "gamma"):
+            if getattr(self, name) != getattr(self, name):  # nan passes ">= 0" checks in no language
+                raise ValueError(f"NetworkModel.{name}=nan must be a number >= 0 (seconds)")
+        if isinstance(self.flops, bool) or not isinstance(self.flops, (int, float)) or not self.flops > 0:
+            raise ValueError(f"NetworkModel.flops={self.flops!r} must be a number > 0 (FLOP/s)")
+        e = self.eager_limit
+        if e is not None and (isinstance(e, bool) or not isinstance(e, int) or e < 0):
+            raise ValueError(
+                f"NetworkModel.eager_limit={e!r} must be a whole number of bytes >= 0 "
+                "(0: every message uses rendezvous), or None (every message is eager)")
 
     @classmethod
     def cluster(cls, ranks_per_node, intra=(1e-6, 1 / 200e9), inter=(5e-6, 1 / 25e9), **kwargs):

@@ -33,6 +33,12 @@ from .trace import Span, Trace
 class Simulator(Mailboxes):
     def __init__(self, world_size, network=None, xp=np, record_trace=True):
         self.world_size = world_size
+        if network is not None and not isinstance(network, NetworkModel):
+            raise CommError(
+                f"network={network!r}: the sim engine takes a NetworkModel, not a name; "
+                "there are no named networks. Use NetworkModel() (flat, 10 us, 1 GB/s), "
+                "NetworkModel(alpha=..., beta=...) or NetworkModel.cluster(ranks_per_node) "
+                "(from mlscale.comm.network import NetworkModel), or None for the default")
         self.net = network if network is not None else NetworkModel()
         self.net.validate(world_size)
         self.xp = xp
@@ -213,8 +219,11 @@ class Simulator(Mailboxes):
         self._wake_all_blocked(t)  # whoever waits on it learns it died
 
     def compute(self, R, seconds, label="compute"):
-        if seconds < 0:
-            raise CommError(f"rank {R.rank}: compute(seconds={seconds}) must be >= 0")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.number)) \
+                or not np.isfinite(seconds) or seconds < 0:
+            raise CommError(
+                f"rank {R.rank}: compute() got {seconds!r} seconds of work; it must be a finite "
+                "number >= 0 (seconds=, or flops= >= 0 at NetworkModel.flops FLOP/s)")
         start = R.clock
         self.advance(R, start + seconds / R.speed)
         if self.record and seconds > 0:
