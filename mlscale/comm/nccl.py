@@ -161,10 +161,11 @@ class NCCLComm(Communicator):
         """Wall-clock seconds since this communicator was made."""
         return time.perf_counter() - self._t0
 
-    def _as_array(self, x, what="x"):
+    def _as_array(self, x, what="x", numeric=True):
         a = self._cupy.asarray(x)
-        if a.dtype == object:  # pragma: no cover - cupy has no object arrays
-            raise CommError(f"{self._describe()}: {what} must be a numeric array")
+        if a.dtype == object or (numeric and a.dtype.kind not in "biufc"):  # as base._as_array
+            raise CommError(f"{self._describe()}: {what} must be a numeric array (bool, int, float or "
+                            f"complex), got dtype={a.dtype}")
         return self._cupy.ascontiguousarray(a)
 
     def _bytes(self, a):
