@@ -111,3 +111,35 @@ class Report:
     def write(self, path):
         with open(path, "w") as f:
             f.write("\n".join(self.parts).rstrip() + "\n")
+
+
+def time_round_robin(comm, calls, names, repeats):
+    """``{name: [seconds, ...]}``: each of ``calls[name]()`` timed ``repeats`` times, the names
+    taken in turn (round-robin, so a drift in the machine's load hits them alike), a barrier
+    before each call so every rank starts it together."""
+    import time
+
+    per = {a: [] for a in names}
+    for _ in range(repeats):
+        for a in names:
+            comm.barrier()
+            t0 = time.perf_counter()
+            calls[a]()
+            per[a].append(time.perf_counter() - t0)
+    return per
+
+
+def slowest_over_ranks(comm, keys, times):
+    """``{key: [seconds, ...]}`` with each time replaced by the slowest rank's (a collective
+    lasts until its last rank is done): one MPI ``Allreduce(MAX)`` over all of them."""
+    import numpy as np
+    from mpi4py import MPI
+
+    flat = np.concatenate([np.asarray(t, dtype=float) for t in times])
+    slowest = np.empty_like(flat)
+    comm.mpi_comm.Allreduce(flat, slowest, op=MPI.MAX)
+    measured, i = {}, 0
+    for k, t in zip(keys, times):
+        measured[k] = slowest[i : i + len(t)].tolist()
+        i += len(t)
+    return measured

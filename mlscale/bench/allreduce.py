@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from . import Report, algbw, busbw, fmt_bw, fmt_bytes, fmt_time, machine
+from . import Report, algbw, busbw, fmt_bw, fmt_bytes, fmt_time, machine, slowest_over_ranks, time_round_robin
 
 ALGOS = ("native", "ring", "rabenseifner", "recursive_doubling", "tree", "naive")
 SIZES = [4 << 10 << (2 * i) for i in range(8)]  # 4 KiB, 16 KiB, ..., 64 MiB
@@ -84,25 +84,13 @@ def _mpi_part(comm, sizes, algos, quick, pp_sizes):
             if not np.all(y == want):
                 raise RuntimeError(f"all_reduce {a} on {fmt_bytes(nbytes)} gave a wrong sum")
         reps = _repeats(nbytes, quick)
-        per = {a: [] for a in algos}
-        for _ in range(reps):
-            for a in algos:
-                comm.barrier()
-                t0 = time.perf_counter()
-                calls[a]()
-                per[a].append(time.perf_counter() - t0)
+        per = time_round_robin(comm, calls, algos, reps)
         for a in algos:
             keys.append((nbytes, a))
             times.append(per[a])
         del x, out
     # a repeat lasts until its slowest rank is done
-    flat = np.concatenate([np.asarray(t) for t in times])
-    slowest = np.empty_like(flat)
-    comm.mpi_comm.Allreduce(flat, slowest, op=MPI.MAX)
-    measured, i = {}, 0
-    for k, t in zip(keys, times):
-        measured[k] = slowest[i : i + len(t)].tolist()
-        i += len(t)
+    measured = slowest_over_ranks(comm, keys, times)
 
     # ping-pong through mlscale's send/recv: ranks 0 and 1 while the others sleep ("idle"),
     # then every rank at once in pairs (r, r^1), the contention a collective meets ("busy")

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import Report, busbw, fmt_bw, fmt_bytes, fmt_time, machine
+from . import Report, busbw, fmt_bw, fmt_bytes, fmt_time, machine, slowest_over_ranks, time_round_robin
 
 ALGOS = ("native", "pairwise", "bruck", "linear")
 SIZES = [1 << 10 << (2 * i) for i in range(8)]  # 1 KiB, 4 KiB, ..., 16 MiB per rank
@@ -49,23 +49,11 @@ def _mpi_part(comm, sizes, algos, quick):
         for a in algos:
             if not np.array_equal(calls[a](), want):
                 raise RuntimeError(f"all_to_all {a} on {fmt_bytes(nbytes)} gave a wrong result")
-        per = {a: [] for a in algos}
-        for _ in range(_repeats(nbytes, quick)):
-            for a in algos:
-                comm.barrier()
-                t0 = time.perf_counter()
-                calls[a]()
-                per[a].append(time.perf_counter() - t0)
+        per = time_round_robin(comm, calls, algos, _repeats(nbytes, quick))
         for a in algos:
             keys.append((p * m * 4, a))
             times.append(per[a])
-    flat = np.concatenate([np.asarray(t) for t in times])
-    slowest = np.empty_like(flat)
-    comm.mpi_comm.Allreduce(flat, slowest, op=MPI.MAX)
-    measured, i = {}, 0
-    for k, t in zip(keys, times):
-        measured[k] = slowest[i:i + len(t)].tolist()
-        i += len(t)
+    measured = slowest_over_ranks(comm, keys, times)
     if r:
         return None
     return {"p": p, "measured": measured, "mpi": MPI.Get_library_version().splitlines()[0].strip()}

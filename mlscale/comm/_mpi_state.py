@@ -176,22 +176,16 @@ class Watch:
         if self.grace is None:
             return None
         finished = self.finished()
-        states = self.states()
-        now = time.monotonic()
         running = [r for r in range(self.p) if r not in finished]
         if not running:
             return None
-        stuck = {}
-        for r in running:
-            s = states.get(r)
-            if s is None or not s[1]:
-                return None if not finished else self._partial(states, finished, running)
-            stuck[r] = s
-        # every running rank waits: on a returned rank, or on each other for long enough
-        report = self._partial(states, finished, running)
+        states = self.states()
+        report = self._partial(states, finished, running)  # waits on a rank that returned
         if report:
             return report
-        if all(now - s[2] >= 3 * self.grace for s in stuck.values()):
+        # every running rank waits, each in the same call for 3 x grace: they wait on each other
+        now = time.monotonic()
+        if all(r in states and states[r][1] and now - states[r][2] >= 3 * self.grace for r in running):
             return (
                 f"every rank still running has waited at least {3 * self.grace:.0f} s, each in the "
                 "same call, for the others: a deadlock (e.g. blocking sends posted before the "

@@ -112,13 +112,14 @@ def _plan(comm, rbuf, src, tag, out):
 
 
 class _SendRequest(Request):
-    def __init__(self, comm, reqs, keep):
+    def __init__(self, comm, reqs, keep, peer=None, tag=None):
         self._comm, self._reqs, self._keep = comm, reqs, keep
+        self._peer, self._tag = peer, tag  # for the state board (_mpi_state)
 
     def wait(self):
         if self._reqs:
             c = self._comm
-            c._enter("wait() of an isend to", getattr(self, "_peer", None), getattr(self, "_tag", None))
+            c._enter("wait() of an isend to", self._peer, self._tag)
             try:
                 c._wait(self._reqs)
             finally:

@@ -279,9 +279,7 @@ class MPIComm(Communicator):
 
     def _isend(self, buf, dst, tag):
         reqs, keep = self._post_send(buf, dst, tag)
-        req = _SendRequest(self, reqs, keep)
-        req._peer, req._tag = dst, tag
-        return req
+        return _SendRequest(self, reqs, keep, dst, tag)
 
     def _irecv(self, src, tag, out):
         return _RecvRequest(self, src, tag, out)
@@ -391,7 +389,8 @@ class MPIComm(Communicator):
     def _run(self, name, fn, *args):
         if getattr(fn, "algorithm", None) is not None:  # mlscale's own: its sends/recvs say it
             return super()._run(name, fn, *args)
-        self._enter(f"{name} (collective #{self._coll_seq}, MPI's own)")
+        if self._board is not None:
+            self._enter(f"{name} (collective #{self._coll_seq}, MPI's own)")
         try:
             return super()._run(name, fn, *args)
         finally:
