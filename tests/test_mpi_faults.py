@@ -164,3 +164,41 @@ def test_sys_exit_under_plain_mpiexec_aborts_the_job_naming_the_rank(tmp_path):
             os.remove(os.path.join("/tmp", name))
     assert proc.returncode != 0
     assert "rank 1 of 3 called sys.exit(4)" in proc.stderr
+
+
+WRITER = """
+import os, sys, time
+d = sys.argv[1]
+with open(os.path.join(d, "pid7"), "w") as f:
+    f.write(str(os.getpid()))
+print("up", flush=True)
+i = 0
+while True:  # a rank that outlived mpiexec, still writing its result files
+    try:
+        with open(os.path.join(d, f"rank{i % 50}.pkl"), "wb") as f:
+            f.write(b"x")
+    except OSError:
+        pass
+    i += 1
+"""
+
+
+def test_the_temp_folder_goes_even_while_a_late_rank_writes_into_it(tmp_path):
+    from mlscale.comm import _mpi_launch as L
+    d = tempfile.mkdtemp(prefix="mlscale-mpi-", dir=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, d], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        L._remove_dir(d)
+        assert not os.path.exists(d)
+        assert proc.wait(10) == -signal.SIGKILL  # it was stopped: it named this folder
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_hydras_report_is_read_when_other_output_lands_inside_it():
+    from mlscale.comm import _mpi_launch as L
+    text = ("=====\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n[0] rank 0 says hi\n"
+            "=   PID 4242 RUNNING AT vm\n=   EXIT CODE: 9\n")
+    assert L._BAD_PID.search(text).group(1) == "4242"

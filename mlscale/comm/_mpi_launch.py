@@ -125,7 +125,11 @@ def _descendants(pid):
 
 def _read_pids(d):
     pids = []
-    for name in os.listdir(d):
+    try:
+        names = os.listdir(d)
+    except OSError:  # already removed
+        return pids
+    for name in names:
         if name.startswith("pid"):
             try:
                 with open(os.path.join(d, name)) as f:
@@ -163,6 +167,30 @@ def _kill_all(proc, d):
         proc.wait(5.0)
     except subprocess.TimeoutExpired:  # pragma: no cover
         pass
+
+
+def _remove_dir(d, tries=40):
+    """Remove the launch's temp folder. A rank that outlives mpiexec for a moment (hydra
+    stops the others when one fails, without waiting) can still write a file into it while
+    rmtree runs, which leaves the folder behind: stop such ranks (only processes started
+    for this folder) and try again."""
+    for _ in range(tries):
+        if os.path.isdir(d):
+            for pid in _read_pids(d):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        ours = d.encode() in f.read()
+                except OSError:
+                    continue
+                if ours:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        shutil.rmtree(d, ignore_errors=True)
+        if not os.path.exists(d):
+            return
+        time.sleep(0.05)
 
 
 def _load(path):
@@ -296,7 +324,7 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
                 _kill_all(proc, d)
             if proc.stdout is not None:
                 proc.stdout.close()
-        shutil.rmtree(d, ignore_errors=True)
+        _remove_dir(d)
         _restore_sigterm(old_term)
     if terminated:  # everything is cleaned up: now let SIGTERM end this process as it would have
         os.kill(os.getpid(), signal.SIGTERM)
@@ -359,6 +387,9 @@ class _DeathWatch:
                 self.pids[int(name[3:])] = pid
                 try:
                     self.fds[os.pidfd_open(pid)] = int(name[3:])
+                except ProcessLookupError:  # it ended before it was seen: ended first so far
+                    if not os.path.exists(os.path.join(self.d, f"rank{name[3:]}.pkl")):
+                        self.deaths.setdefault(int(name[3:]), 1 + max(self.deaths.values(), default=0))
                 except (AttributeError, OSError):
                     pass
 
@@ -455,7 +486,8 @@ def _tail_text(tail):
     return "\nLast output of the ranks:\n" + text[-3000:]
 
 
-_BAD_PID = re.compile(r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\s*\n=\s*PID (\d+) RUNNING AT")
+# other ranks' output can land between hydra's lines: allow a little of it in between
+_BAD_PID = re.compile(r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES[\s\S]{0,600}?PID (\d+) RUNNING AT")
 _SIGNAL = re.compile(r"EXIT STRING: ([^\n]*?)\s*\(signal (\d+)\)")
 
 
@@ -478,14 +510,17 @@ def _how_died(d, world_size, returncode, tail, deaths, missing):
         except OSError:
             continue
         return r, f"called os._exit({code})", [q for q in missing if q != r]
-    bad = _BAD_PID.search(text)  # hydra names the PID of the process that ended badly
-    if bad and pids.get(int(bad.group(1))) in missing:
-        first = pids[int(bad.group(1))]
-    elif deaths:  # the first rank seen gone (hydra stops the others after it)
+    # the first rank seen gone (hydra stops the others after it); hydra's own report names
+    # a PID too, but once it has killed the rest it can name any of them (rank 0 often),
+    # so it only settles a tie
+    if deaths:
         earliest = min(deaths.values())
         firsts = sorted(r for r, n in deaths.items() if n == earliest)
         if len(firsts) == 1:
             first = firsts[0]
+    bad = _BAD_PID.search(text)
+    if first is None and bad and pids.get(int(bad.group(1))) in missing:
+        first = pids[int(bad.group(1))]
     sig = _SIGNAL.search(text)
     if first is not None and sig:
         num = int(sig.group(2))
