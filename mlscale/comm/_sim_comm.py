@@ -5,6 +5,7 @@ import numpy as np
 
 from ._sim_mail import _Rendezvous
 from ._sim_state import DONE
+from ..collectives._p2p import MAX_TAG
 from .base import Communicator, Request
 from .errors import CommError
 
@@ -24,26 +25,28 @@ class _SendRequest(Request):
 
 
 class _RecvRequest(Request):
-    __slots__ = ("comm", "src", "tag", "idx", "out", "done", "value")
+    __slots__ = ("comm", "src", "tag", "box", "idx", "out", "done", "value")
 
-    def __init__(self, comm, src, tag, idx, out):
-        self.comm, self.src, self.tag, self.idx, self.out = comm, src, tag, idx, out
+    def __init__(self, comm, src, tag, box, idx, out):
+        self.comm, self.src, self.tag, self.box, self.idx, self.out = comm, src, tag, box, idx, out
         self.done, self.value = False, None
+
+    def _what(self):
+        return f"irecv(src={self.src}, tag={self.tag}).wait()"
 
     def wait(self):
         if not self.done:
             c = self.comm
-            self.value = c.sim.take(
-                c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
-                f"irecv(src={self.src}, tag={self.tag}).wait()",
-            )
+            self.value = c.sim.take(c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
+                                    self._what, self.box)
             self.done = True
         return self.value
 
     def test(self):
-        c = self.comm
-        item = c.sim._box(c.ctx, c.group[self.src], c._R.rank, self.tag).msgs.get(self.idx)
-        return self.done or (item is not None and item[0] <= c._R.clock)
+        if self.done:
+            return True
+        item = self.box.msgs.get(self.idx)
+        return item is not None and item[0] <= self.comm._R.clock
 
 
 class _TaskRequest(Request):
@@ -101,8 +104,8 @@ class SimComm(Communicator):
             self.sim.compute(self._R, nbytes * g, "reduce")
 
     def _send(self, buf, dst, tag):
-        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
-        self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})")
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._labels[-1] if self._labels else "")
+        self.sim.complete_send(self._R, end, lambda: f"send(dst={dst}, tag={tag})")
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
@@ -124,24 +127,56 @@ class SimComm(Communicator):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
         return _SendRequest(self.sim, self._R, end)
 
-    def _post_recv(self, src, tag):
-        return self.sim.post_recv(self._R, self.ctx, self.group[src], tag)
-
     def _recv(self, src, tag, out, timeout=None):
-        idx = self._post_recv(src, tag)
+        gsrc = self.group[src]
+        box, idx = self.sim.post_recv_box(self._R, self.ctx, gsrc, tag)
         deadline = None if timeout is None else self._R.clock + timeout
-        return self.sim.take(
-            self._R, self.ctx, self.group[src], tag, idx, out, deadline, f"recv(src={src}, tag={tag})"
-        )
+        return self.sim.take(self._R, self.ctx, gsrc, tag, idx, out, deadline,
+                             lambda: f"recv(src={src}, tag={tag})", box)
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
         """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``."""
-        src = self._check_peer(src, "src")
-        tag = self._check_tag(tag, _internal)
+        if type(src) is not int or not 0 <= src < self.world_size:
+            src = self._check_peer(src, "src")
+        if not _internal and (type(tag) is not int or not 0 <= tag < MAX_TAG):
+            tag = self._check_tag(tag)
         return self._recv(src, tag, out, timeout)
 
+    def send(self, x, dst, tag=0, _internal=False):
+        """Blocking send of array ``x`` to rank ``dst``. ``x`` may be reused on return
+        (the checks of Communicator.send, with the common case first: once per message)."""
+        if type(dst) is not int or not 0 <= dst < self.world_size:
+            dst = self._check_peer(dst, "dst")
+        if not _internal and (type(tag) is not int or not 0 <= tag < MAX_TAG):
+            tag = self._check_tag(tag)
+        buf = self._as_array(x, numeric=False)
+        self.nbytes_sent += buf.nbytes
+        self.messages_sent += 1
+        self._send(buf, dst, tag)
+
     def _irecv(self, src, tag, out):
-        return _RecvRequest(self, src, tag, self._post_recv(src, tag), out)
+        box, idx = self.sim.post_recv_box(self._R, self.ctx, self.group[src], tag)
+        return _RecvRequest(self, src, tag, box, idx, out)
+
+    # The collectives' own point-to-point calls (``_internal=True``, on the collective
+    # tag, to peers the algorithm computed) take a short path: no argument checks, no
+    # request objects; the same calls in the same order as the public path, so the same
+    # trace and bits.
+    def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False, _give=False):
+        if not _internal or not isinstance(x, np.ndarray):
+            return super().sendrecv(x, dst, src, tag, out, _internal, _give)
+        sim, R, group = self.sim, self._R, self.group
+        gsrc = group[src]
+        box, idx = sim.post_recv_box(R, self.ctx, gsrc, tag)
+        buf = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        self.nbytes_sent += buf.nbytes
+        self.messages_sent += 1
+        end = sim.post(R, self.ctx, group[dst], tag, buf, self._labels[-1] if self._labels else "", given=_give)
+        try:
+            return sim.take(R, self.ctx, gsrc, tag, idx, out, None,
+                            lambda: f"irecv(src={src}, tag={tag}).wait()", box)
+        finally:
+            sim.complete_send(R, end, "isend().wait()")
 
     def recv_any(self, tag=0, out=None, timeout=None):
         """Receive the first message to arrive from any rank: returns ``(src, array)``."""
