@@ -175,3 +175,106 @@ def test_mesh_rejects_mistakes_by_name(fn, words):
     res = ct.mesh_coordinates(fn, verbose=False)
     assert not res.passed
     assert re.search(words, res.summary()), res.summary()
+
+
+# ------------------------------------------------------------------ sp_reduce_scatter
+def sp_transpose_reshape(comm, partial):  # transpose + reshape (a copy made by reshape), ring
+    b, s, d = partial.shape
+    mine = comm.reduce_scatter(partial.transpose(1, 0, 2).reshape(-1), algorithm="ring")
+    return np.transpose(mine.reshape(-1, b, d), (1, 0, 2))
+
+
+def sp_moveaxis_out(comm, partial):  # moveaxis, out= buffer, default op
+    b, s, d = partial.shape
+    n = s // comm.world_size
+    out = np.empty(n * b * d)
+    comm.reduce_scatter(np.moveaxis(partial, 1, 0).copy().ravel(), out=out)
+    return np.moveaxis(out.reshape(n, b, d), 0, 1)
+
+
+def sp_mean(comm, partial):  # averages the partial sums
+    b, s, d = partial.shape
+    mine = comm.reduce_scatter(np.ascontiguousarray(partial.swapaxes(0, 1)).reshape(-1), op="mean")
+    return mine.reshape(s // comm.world_size, b, d).swapaxes(0, 1)
+
+
+def sp_not_swapped_back(comm, partial):  # returns (seq/t, batch, d)
+    b, s, d = partial.shape
+    mine = comm.reduce_scatter(np.ascontiguousarray(partial.swapaxes(0, 1)).reshape(-1))
+    return mine.reshape(s // comm.world_size, b, d)
+
+
+def sp_reshaped_back(comm, partial):  # reshape where a swap of axes is needed
+    b, s, d = partial.shape
+    mine = comm.reduce_scatter(np.ascontiguousarray(partial.swapaxes(0, 1)).reshape(-1))
+    return mine.reshape(b, s // comm.world_size, d)
+
+
+def sp_then_all_gather(comm, partial):  # reduce-scatter, then gathers everything back (plain TP)
+    b, s, d = partial.shape
+    mine = comm.reduce_scatter(np.ascontiguousarray(partial.swapaxes(0, 1)).reshape(-1))
+    full = comm.all_gather(mine).reshape(s, b, d).swapaxes(0, 1)
+    n = s // comm.world_size
+    return full[:, comm.rank * n:(comm.rank + 1) * n]
+
+
+@pytest.mark.parametrize("fn", [sp_transpose_reshape, sp_moveaxis_out])
+def test_sp_accepts_other_correct_answers(fn):
+    res = ct.sp_reduce_scatter(fn, verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (sp_mean, r"mean.*op=\"sum\""),
+    (sp_not_swapped_back, r"\(seq/t, batch, d\).*swap"),
+    (sp_reshaped_back, r"wrong layout.*swapaxes"),
+    (sp_then_all_gather, r"all_gather.*exactly one reduce_scatter"),
+])
+def test_sp_rejects_mistakes_by_name(fn, words):
+    res = ct.sp_reduce_scatter(fn, verbose=False)
+    assert not res.passed
+    assert re.search(words, res.summary()), res.summary()
+
+
+# ------------------------------------------------------------------ ssp_admission
+def ssp_lag(clock, slowest, staleness):  # written as a lag bound, one expression
+    return staleness is None or clock - slowest <= staleness
+
+
+def ssp_numpy_negated(clock, slowest, staleness):  # "wait" first, then negated; a numpy bool
+    if staleness is not None:
+        must_wait = np.int64(slowest) < clock - staleness
+        return not must_wait
+    return True
+
+
+def ssp_not_staleness(clock, slowest, staleness):  # `not staleness` is also true for s = 0
+    if not staleness:
+        return True
+    return slowest >= clock - staleness
+
+
+def ssp_swapped(clock, slowest, staleness):  # clock and slowest swapped in the bound
+    return True if staleness is None else clock >= slowest - staleness
+
+
+def ssp_no_return_async(clock, slowest, staleness):  # forgets the return for the async case
+    if staleness is not None:
+        return slowest >= clock - staleness
+
+
+@pytest.mark.parametrize("fn", [ssp_lag, ssp_numpy_negated])
+def test_ssp_accepts_other_correct_rules(fn):
+    res = check_ps.ssp_admission(fn, verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (ssp_not_staleness, r"staleness=0.*too loose.*is None"),
+    (ssp_swapped, r"too loose"),
+    (ssp_no_return_async, r"staleness=None\) returned None: return True or False"),
+])
+def test_ssp_rejects_mistakes_by_name(fn, words):
+    res = check_ps.ssp_admission(fn, verbose=False)
+    assert not res.passed
+    assert re.search(words, res.summary()), res.summary()

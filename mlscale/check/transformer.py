@@ -138,8 +138,17 @@ def sp_reduce_scatter(fn, world_sizes=(1, 2, 3, 4), verbose=True):
                     y = np.asarray(y)
                     want = total[:, r * n:(r + 1) * n]
                     if y.shape != want.shape:
-                        return f"rank {r}: shape {y.shape}, expected {want.shape} (batch, seq/t = {n}, d)"
+                        swapped = y.shape == (n, b, d) and (n, b) != (b, n)
+                        return (f"rank {r}: shape {y.shape}, expected {want.shape} (batch, seq/t = {n}, d)"
+                                + (": that is (seq/t, batch, d); swap the axes back, .swapaxes(0, 1)"
+                                   if swapped else ""))
                     if not np.allclose(y, want, rtol=1e-10, atol=1e-10):
+                        if np.allclose(y * t, want, rtol=1e-10, atol=1e-10):
+                            return (f"rank {r}: the mean of the partial outputs (the sum / {t}): "
+                                    f"g-bar sums them, op=\"sum\"")
+                        if np.allclose(y.reshape(-1), want.swapaxes(0, 1).reshape(-1), rtol=1e-10, atol=1e-10):
+                            return (f"rank {r}: the right numbers in the wrong layout: the (seq/t, batch, d) "
+                                    f"result was reshaped to (batch, seq/t, d); swap the axes, .swapaxes(0, 1)")
                         return (f"rank {r}: wrong values (max error {np.abs(y - want).max():.3g}); are the chunks "
                                 f"whole tokens, tokens {r * n}:{(r + 1) * n} of the sum?")
                 calls = out[0][1]
