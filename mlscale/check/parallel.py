@@ -97,7 +97,13 @@ def row_parallel_forward(fn, world_sizes=(1, 2, 3, 4, 5), verbose=True):
 
 def _check_row(out, want, p, xwb):
     X, W, b = xwb
-    for r, (y, calls) in enumerate(out):
+    calls = out[0][1]  # the collectives first: a wrong one explains wrong values too
+    other = {k: v for k, v in calls.items() if k != "all_reduce"}
+    if other:
+        return f"called {other}: the row-parallel forward needs only one all-reduce"
+    if calls.get("all_reduce", 0) != 1:
+        return f"called all_reduce {calls.get('all_reduce', 0)} times per forward; Megatron's g is exactly one"
+    for r, (y, _) in enumerate(out):
         if y is None:
             return f"rank {r} returned None: return Y = X @ W + b (every rank)"
         y = np.asarray(y)
@@ -118,12 +124,6 @@ def _check_row(out, want, p, xwb):
                 return (f"rank {r} returned its own partial sum X_r @ W_r: comm.all_reduce returns the sum "
                         f"and leaves its input as it was; use its return value (or pass out=)")
             return f"rank {r}: max error {np.abs(diff).max():.3g} against X @ W + b"
-    calls = out[0][1]
-    other = {k: v for k, v in calls.items() if k != "all_reduce"}
-    if other:
-        return f"called {other}: the row-parallel forward needs only one all-reduce"
-    if calls.get("all_reduce", 0) != 1:
-        return f"called all_reduce {calls.get('all_reduce', 0)} times per forward; Megatron's g is exactly one"
     return None
 
 
