@@ -192,6 +192,20 @@ def sp_moveaxis_out(comm, partial):  # moveaxis, out= buffer, default op
     return np.moveaxis(out.reshape(n, b, d), 0, 1)
 
 
+def sp_unflattened(comm, partial):  # reduce_scatter flattens a 3-D array itself
+    b, s, d = partial.shape
+    mine = comm.reduce_scatter(np.ascontiguousarray(partial.swapaxes(0, 1)), op="sum")
+    return mine.reshape(s // comm.world_size, b, d).swapaxes(0, 1)
+
+
+def sp_reduce_then_scatter(comm, partial):  # the same data, two collectives through rank 0
+    b, s, d = partial.shape
+    total = comm.reduce(np.ascontiguousarray(partial.swapaxes(0, 1)), root=0)
+    n = s // comm.world_size
+    chunks = [total[r * n:(r + 1) * n] for r in range(comm.world_size)] if comm.rank == 0 else None
+    return comm.scatter(chunks, root=0).swapaxes(0, 1)
+
+
 def sp_mean(comm, partial):  # averages the partial sums
     b, s, d = partial.shape
     mine = comm.reduce_scatter(np.ascontiguousarray(partial.swapaxes(0, 1)).reshape(-1), op="mean")
@@ -218,7 +232,7 @@ def sp_then_all_gather(comm, partial):  # reduce-scatter, then gathers everythin
     return full[:, comm.rank * n:(comm.rank + 1) * n]
 
 
-@pytest.mark.parametrize("fn", [sp_transpose_reshape, sp_moveaxis_out])
+@pytest.mark.parametrize("fn", [sp_transpose_reshape, sp_moveaxis_out, sp_unflattened])
 def test_sp_accepts_other_correct_answers(fn):
     res = ct.sp_reduce_scatter(fn, verbose=False)
     assert res.passed, res.summary()
@@ -229,6 +243,7 @@ def test_sp_accepts_other_correct_answers(fn):
     (sp_not_swapped_back, r"\(seq/t, batch, d\).*swap"),
     (sp_reshaped_back, r"wrong layout.*swapaxes"),
     (sp_then_all_gather, r"all_gather.*exactly one reduce_scatter"),
+    (sp_reduce_then_scatter, r"'reduce': 1, 'scatter': 1.*exactly one reduce_scatter"),
 ])
 def test_sp_rejects_mistakes_by_name(fn, words):
     res = ct.sp_reduce_scatter(fn, verbose=False)

@@ -132,6 +132,11 @@ def sp_reduce_scatter(fn, world_sizes=(1, 2, 3, 4), verbose=True):
 
             def judge(out, total=total, t=t, s=s):
                 n = s // t
+                calls = out[0][1]  # the collectives first: a wrong one explains wrong values too
+                if {k: v for k, v in calls.items() if k != "reduce_scatter"}:
+                    return f"called {calls}: g-bar needs exactly one reduce_scatter and nothing else"
+                if calls.get("reduce_scatter", 0) != 1:
+                    return f"called reduce_scatter {calls.get('reduce_scatter', 0)} times; exactly one is needed"
                 for r, (y, _) in enumerate(out):
                     if y is None:
                         return f"rank {r} returned None: return my tokens of the sum, (batch, seq/t, d)"
@@ -151,11 +156,6 @@ def sp_reduce_scatter(fn, world_sizes=(1, 2, 3, 4), verbose=True):
                                     f"result was reshaped to (batch, seq/t, d); swap the axes, .swapaxes(0, 1)")
                         return (f"rank {r}: wrong values (max error {np.abs(y - want).max():.3g}); are the chunks "
                                 f"whole tokens, tokens {r * n}:{(r + 1) * n} of the sum?")
-                calls = out[0][1]
-                if {k: v for k, v in calls.items() if k != "reduce_scatter"}:
-                    return f"called {calls}: g-bar needs exactly one reduce_scatter and nothing else"
-                if calls.get("reduce_scatter", 0) != 1:
-                    return f"called reduce_scatter {calls.get('reduce_scatter', 0)} times; exactly one is needed"
                 return None
 
             if not try_case(res, f"t={t}, partial ({b}, {s}, {d})", lambda t=t, prog=prog: launch(prog, t), judge):
