@@ -84,6 +84,16 @@ def row_mean_times_p(comm, x_shard, w_shard, bias):  # the mean, multiplied back
     return comm.all_reduce(x_shard @ w_shard, op="mean") * comm.world_size + bias
 
 
+def row_out_is_input(comm, x_shard, w_shard, bias):  # out= the partial itself: written back in place
+    partial = x_shard @ w_shard
+    comm.all_reduce(partial, op="sum", out=partial)
+    return partial + bias
+
+
+def row_bias_split(comm, x_shard, w_shard, bias):  # b / p from every rank sums to b once
+    return comm.all_reduce(x_shard @ w_shard + bias / comm.world_size, algorithm="tree")
+
+
 def row_mean(comm, x_shard, w_shard, bias):  # averages instead of summing
     return comm.all_reduce(x_shard @ w_shard, op="mean") + bias
 
@@ -103,7 +113,8 @@ def row_reduce_to_root(comm, x_shard, w_shard, bias):  # the sum on rank 0 only
     return None if y is None else y + bias
 
 
-@pytest.mark.parametrize("fn", [row_bias_on_rank0, row_einsum_out_inplace, row_mean_times_p])
+@pytest.mark.parametrize("fn", [row_bias_on_rank0, row_einsum_out_inplace, row_mean_times_p,
+                                row_out_is_input, row_bias_split])
 def test_row_parallel_accepts_other_correct_forwards(fn):
     res = cp.row_parallel_forward(fn, world_sizes=(1, 2, 3), verbose=False)
     assert res.passed, res.summary()
