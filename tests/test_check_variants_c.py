@@ -176,3 +176,207 @@ def test_metropolis_names_the_mistake(fn, words):
     res = cd.metropolis_weights(fn, verbose=False)
     assert not res.passed
     assert re.search(words, res.summary(), re.S), res.summary()
+
+
+# ---- topk_error_feedback ----------------------------------------------------------------
+def topk_argpartition(grad, residual, k):
+    residual += grad                                   # in place from the start
+    idx = np.argpartition(np.abs(residual), len(residual) - k)[-k:]
+    values = residual[idx].copy()
+    residual[idx] = 0
+    return idx, values
+
+
+def topk_sorted_reversed(grad, residual, k):
+    c = grad + residual
+    idx = np.argsort(np.abs(c))[::-1][:k]
+    residual[:] = c
+    residual[idx] = 0.0
+    return idx, c[idx]
+
+
+def topk_rebinds_residual(grad, residual, k):
+    c = grad + residual
+    idx = np.argsort(-np.abs(c))[:k]
+    values = c[idx]
+    c[idx] = 0
+    residual = c                                       # noqa: F841  only rebinds the name
+    return idx, values
+
+
+def topk_selects_on_grad(grad, residual, k):
+    c = grad + residual
+    idx = np.argsort(-np.abs(grad))[:k]
+    values = c[idx]
+    c[idx] = 0
+    residual[...] = c
+    return idx, values
+
+
+def topk_sends_grad_values(grad, residual, k):
+    c = grad + residual
+    idx = np.argsort(-np.abs(c))[:k]
+    values = grad[idx]
+    c[idx] = 0
+    residual[...] = c
+    return idx, values
+
+
+def topk_no_abs(grad, residual, k):
+    c = grad + residual
+    idx = np.argsort(-c)[:k]                           # largest values, not magnitudes
+    values = c[idx]
+    c[idx] = 0
+    residual[...] = c
+    return idx, values
+
+
+def topk_keeps_sent_in_residual(grad, residual, k):
+    c = grad + residual
+    idx = np.argsort(-np.abs(c))[:k]
+    residual[...] = c                                  # forgot to zero what was sent
+    return idx, c[idx]
+
+
+@pytest.mark.parametrize("fn", [topk_argpartition, topk_sorted_reversed])
+def test_topk_accepts_correct_variants(fn):
+    res = cc.topk_error_feedback(fn, verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (topk_rebinds_residual, r"residual did not change.*in place"),
+    (topk_selects_on_grad, r"selected on \|grad\|.*\|grad \+ residual\|"),
+    (topk_sends_grad_values, r"right indices, wrong values.*\(grad \+ residual\)\[indices\]"),
+    (topk_no_abs, r"largest values.*magnitude.*np.abs"),
+    (topk_keeps_sent_in_residual, r"sent entries.*still in the residual.*set them to 0"),
+])
+def test_topk_names_the_mistake(fn, words):
+    res = cc.topk_error_feedback(fn, verbose=False)
+    assert not res.passed
+    assert re.search(words, res.summary(), re.S), res.summary()
+
+
+# ---- fedavg -----------------------------------------------------------------------------
+def fedavg_np_average(results):
+    weights = [n for _, n in results]
+    return [np.average(np.stack(ts), axis=0, weights=weights).astype(ts[0].dtype)
+            for ts in zip(*(arrays for arrays, _ in results))]
+
+
+def fedavg_sum_then_divide(results):
+    total = sum(n for _, n in results)
+    out = []
+    for j in range(len(results[0][0])):
+        acc = sum(n * arrays[j].astype(np.float64) for arrays, n in results)
+        out.append((acc / total).astype(results[0][0][j].dtype))
+    return out
+
+
+def fedavg_plain_mean(results):
+    return [np.mean(ts, axis=0) for ts in zip(*(a for a, _ in results))]
+
+
+def fedavg_no_divide(results):
+    return [sum(n * a for a, n in zip(ts, (n for _, n in results)))
+            for ts in zip(*(a for a, _ in results))]
+
+
+def fedavg_divide_by_clients(results):
+    return [sum(n * a for a, n in zip(ts, (n for _, n in results))) / len(results)
+            for ts in zip(*(a for a, _ in results))]
+
+
+def fedavg_accumulates_into_client_0(results):
+    total = sum(n for _, n in results)
+    out = results[0][0]                                # the first client's own arrays
+    for acc in out:
+        acc *= results[0][1] / total
+    for arrays, n in results[1:]:
+        for acc, a in zip(out, arrays):
+            acc += (n / total) * a
+    return out
+
+
+@pytest.mark.parametrize("fn", [fedavg_np_average, fedavg_sum_then_divide])
+def test_fedavg_accepts_correct_variants(fn):
+    res = cf.fedavg(fn, verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (fedavg_plain_mean, r"plain mean over clients.*n_k / sum\(n\)"),
+    (fedavg_no_divide, r"sum_k n_k x_k: divide by the total number of examples"),
+    (fedavg_divide_by_clients, r"divided by the number of clients; divide by sum_k n_k"),
+    (fedavg_accumulates_into_client_0, r"changed the clients' arrays in place"),
+])
+def test_fedavg_names_the_mistake(fn, words):
+    res = cf.fedavg(fn, verbose=False)
+    assert not res.passed
+    assert re.search(words, res.summary(), re.S), res.summary()
+
+
+# ---- pairwise_mask ----------------------------------------------------------------------
+def mask_sum_first(x_enc, u, seeds):
+    m = np.zeros_like(x_enc)
+    for v in sorted(seeds, reverse=True):
+        r = _prg(seeds[v], x_enc.size)
+        m = m + r if v > u else m - r
+    return x_enc + m
+
+
+def mask_negate_in_place(x_enc, u, seeds):
+    for v, s in seeds.items():
+        r = _prg(s, len(x_enc))
+        np.add(x_enc, r if v > u else -r, out=x_enc)   # -r wraps mod 2^64 too
+    return x_enc
+
+
+def mask_in_floats(x_enc, u, seeds):
+    y = x_enc.astype(np.float64)
+    for v, s in seeds.items():
+        r = _prg(s, x_enc.size).astype(np.float64)
+        y = y + r if v > u else y - r
+    return y
+
+
+def mask_only_adds_for_larger(x_enc, u, seeds):
+    y = x_enc.copy()
+    for v, s in seeds.items():
+        if v > u:
+            y += _prg(s, x_enc.size)                  # forgot the v < u terms
+    return y
+
+
+def mask_seeded_by_peer_id(x_enc, u, seeds):
+    y = x_enc.copy()
+    for v, s in seeds.items():
+        r = _prg(v, x_enc.size)                        # the peer's id, not the shared seed
+        y = y + r if v > u else y - r
+    return y
+
+
+def mask_flips_for_odd_clients(x_enc, u, seeds):
+    y = x_enc.copy()
+    for v, s in seeds.items():
+        r = _prg(s, x_enc.size)
+        y = y + r if (v > u) != (u % 2 == 1) else y - r
+    return y
+
+
+@pytest.mark.parametrize("fn", [mask_sum_first, mask_negate_in_place])
+def test_pairwise_mask_accepts_correct_variants(fn):
+    res = cf.pairwise_mask(fn, verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (mask_in_floats, r"uint64.*stay in integers mod 2\^64"),
+    (mask_only_adds_for_larger, r"never subtracted it for v < u: client \d+ is left unmasked"),
+    (mask_seeded_by_peer_id, r"must come from the seed client \d+ shares with peer v \(seeds\[v\]\)"),
+    (mask_flips_for_odd_clients, r"signs the wrong way round"),
+])
+def test_pairwise_mask_names_the_mistake(fn, words):
+    res = cf.pairwise_mask(fn, verbose=False)
+    assert not res.passed
+    assert re.search(words, res.summary(), re.S), res.summary()
