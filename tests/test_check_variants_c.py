@@ -80,6 +80,15 @@ def gossip_plain_mean(comm, x, topology, W):
     return np.mean([x] + got, axis=0)      # ignores W
 
 
+def gossip_returns_x(comm, x, topology, W):
+    r = comm.rank
+    reqs = [comm.irecv(j) for j in topology.in_neighbors(r)]
+    sends = [comm.isend(x, k) for k in topology.out_neighbors(r)]
+    for q in reqs + sends:
+        q.wait()                           # received, but never mixed in
+    return x
+
+
 def gossip_all_gather(comm, x, topology, W):
     xs = comm.all_gather(x)
     return W[comm.rank] @ np.reshape(xs, (comm.world_size, -1))
@@ -97,6 +106,7 @@ def test_gossip_step_accepts_correct_variants(fn):
     (gossip_recv_from_out_neighbors, r"in_neighbors\(comm.rank\)"),
     (gossip_forgets_own_term, r"W\[r, r\] \* x"),
     (gossip_plain_mean, r"plain mean.*weigh"),
+    (gossip_returns_x, r"x unchanged: nothing was mixed in"),
     (gossip_all_gather, r"library collective.*neighbors"),
 ])
 def test_gossip_step_names_the_mistake(fn, words):

@@ -178,8 +178,6 @@ def _why_gossip_wrong(y, r, topo, W, xs):
                 "of W, W[r, r] * x + sum of W[r, j] * x_j)")
     if close(xs[r]):
         return " (that is x unchanged: nothing was mixed in)"
-    if close(W[:, r] @ xs):
-        return " (that is column r of W: use row r, W[r, j] for what comes from j)"
     return ""
 
 
