@@ -1,0 +1,117 @@
+"""Checkers judge like a teacher (issue 8): for ring_all_reduce, hierarchical_all_reduce,
+model_averaging, data_parallel_step and reduce_chunk_kernel, right answers written
+differently from the reference pass, and plausible learner mistakes fail with a verdict
+that names the mistake. Kernels run in numba's CUDA simulator without a GPU (conftest)."""
+import re
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from mlscale.check import averaging, cluster, collectives, kernels, train
+
+
+# ---- ring_all_reduce --------------------------------------------------------------------
+def _bounds(n, p):
+    """Chunk c is x[lo[c]:lo[c+1]] (the first n % p chunks one longer, as array_split)."""
+    q, m = divmod(n, p)
+    return [c * q + min(c, m) for c in range(p + 1)]
+
+
+def ring_irecv_first_in_place(comm, x):  # slices by hand, posts the receive before sending
+    p, r = comm.world_size, comm.rank
+    lo = _bounds(x.size, p)
+    sl = [slice(lo[c], lo[c + 1]) for c in range(p)]
+    for s in range(p - 1):
+        req = comm.irecv((r - 1) % p)
+        comm.send(x[sl[(r - s) % p]].copy(), (r + 1) % p)
+        x[sl[(r - s - 1) % p]] += req.wait()
+    for s in range(p - 1):
+        req = comm.irecv((r - 1) % p)
+        comm.send(x[sl[(r + 1 - s) % p]].copy(), (r + 1) % p)
+        x[sl[(r - s) % p]] = req.wait()
+    return x
+
+
+def ring_leftward_isend(comm, x):  # the ring turned the other way, isend + blocking recv
+    p, r = comm.world_size, comm.rank
+    left, right = (r - 1) % p, (r + 1) % p
+    chunks = [c.copy() for c in np.array_split(x, p)]
+    for s in range(p - 1):
+        req = comm.isend(chunks[(r + s) % p], left)
+        chunks[(r + s + 1) % p] = chunks[(r + s + 1) % p] + comm.recv(right)
+        req.wait()
+    for s in range(p - 1):
+        req = comm.isend(chunks[(r - 1 + s) % p], left)
+        chunks[(r + s) % p] = comm.recv(right)
+        req.wait()
+    return np.concatenate(chunks)
+
+
+def _ring(comm, x, step_bug=None, gather=True):
+    p, r = comm.world_size, comm.rank
+    chunks = np.array_split(x.copy(), p)
+    for s in range(p - 1):
+        send_i, recv_i = (r - s) % p, (r - s - 1) % p
+        got = comm.sendrecv(chunks[send_i], dst=(r + 1) % p, src=(r - 1) % p)
+        if step_bug == "overwrite":
+            chunks[recv_i][...] = got
+        else:
+            chunks[recv_i] += got
+    for s in range(p - 1 if gather else 0):
+        send_i, recv_i = (r + 1 - s) % p, (r - s) % p
+        if step_bug == "gather_chunk":  # off by one: sends the chunk it has not finished
+            send_i, recv_i = (r - s) % p, (r - s - 1) % p
+        chunks[recv_i][...] = comm.sendrecv(chunks[send_i], dst=(r + 1) % p, src=(r - 1) % p)
+    return np.concatenate(chunks)
+
+
+def ring_overwrites(comm, x):
+    return _ring(comm, x, step_bug="overwrite")
+
+
+def ring_no_all_gather(comm, x):
+    return _ring(comm, x, gather=False)
+
+
+def ring_gather_wrong_chunk(comm, x):
+    return _ring(comm, x, step_bug="gather_chunk")
+
+
+def ring_recv_from_right(comm, x):  # wrong neighbour: receives from the rank it sends to
+    p, r = comm.world_size, comm.rank
+    chunks = np.array_split(x.copy(), p)
+    for s in range(2 * (p - 1)):
+        chunks[(r - s - 1) % p] += comm.sendrecv(chunks[(r - s) % p], dst=(r + 1) % p, src=(r + 1) % p)
+    return np.concatenate(chunks)
+
+
+def ring_blocking_sends_isend_free(comm, x):  # send then recv on every rank, no sendrecv
+    p, r = comm.world_size, comm.rank
+    chunks = np.array_split(x.copy(), p)
+    for s in range(p - 1):
+        comm.send(chunks[(r - s) % p], (r + 1) % p)
+        chunks[(r - s - 1) % p] += comm.recv((r - 1) % p)
+    for s in range(p - 1):
+        comm.send(chunks[(r + 1 - s) % p], (r + 1) % p)
+        chunks[(r - s) % p][...] = comm.recv((r - 1) % p)
+    return np.concatenate(chunks)
+
+
+@pytest.mark.parametrize("fn", [ring_irecv_first_in_place, ring_leftward_isend])
+def test_ring_right_variants_pass(fn):
+    res = collectives.ring_all_reduce(fn, world_sizes=(1, 3, 4), verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, says", [
+    (ring_overwrites, r"reduce-scatter.*(add|\+=)|overwr"),
+    (ring_no_all_gather, r"all-gather"),
+    (ring_gather_wrong_chunk, r"all-gather.*chunk|chunk.*all-gather"),
+    (ring_recv_from_right, r"deadlock|neighbour|left"),
+    (ring_blocking_sends_isend_free, r"eager limit.*deadlock|deadlock.*(send|eager)"),
+])
+def test_ring_mistakes_are_named(fn, says):
+    res = collectives.ring_all_reduce(fn, world_sizes=(3, 4), verbose=False)
+    assert not res.passed
+    assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
