@@ -115,3 +115,67 @@ def test_ring_mistakes_are_named(fn, says):
     res = collectives.ring_all_reduce(fn, world_sizes=(3, 4), verbose=False)
     assert not res.passed
     assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
+
+
+# ---- hierarchical_all_reduce ------------------------------------------------------------
+def _subcomms(comm, g):
+    node, local = divmod(comm.rank, g)
+    return comm.split(node, key=local), comm.split(local, key=node)
+
+
+def hier_default_algorithm_out(comm, x, g):  # out= buffers, the library's default algorithm
+    intra, inter = _subcomms(comm, g)
+    shard = intra.reduce_scatter(x)
+    inter.all_reduce(shard, out=shard)
+    out = np.empty_like(x)
+    intra.all_gather(shard, out=out)
+    return out
+
+
+def hier_leaders(comm, x, g):  # reduce to one leader per node, all-reduce leaders, broadcast
+    node, local = divmod(comm.rank, g)
+    intra = comm.split(node, key=local)
+    leaders = comm.split(0 if local == 0 else 1, key=node)
+    y = intra.reduce(x, root=0)
+    if local == 0:
+        y = leaders.all_reduce(y)
+    return intra.broadcast(y if local == 0 else np.empty_like(x), root=0)
+
+
+def hier_flat(comm, x, g):  # one all-reduce over every rank: the slow links carry it all
+    return comm.all_reduce(x, algorithm="ring")
+
+
+def hier_skips_the_nodes_step(comm, x, g):
+    intra, _ = _subcomms(comm, g)
+    return intra.all_gather(intra.reduce_scatter(x)).reshape(x.shape)
+
+
+def hier_returns_the_shard(comm, x, g):
+    intra, inter = _subcomms(comm, g)
+    return inter.all_reduce(intra.reduce_scatter(x))
+
+
+def hier_swapped_splits(comm, x, g):  # intra and inter swapped: the big steps cross nodes
+    intra, inter = _subcomms(comm, g)
+    shard = inter.reduce_scatter(x)
+    shard = intra.all_reduce(shard)
+    return inter.all_gather(shard).reshape(x.shape)
+
+
+@pytest.mark.parametrize("fn", [hier_default_algorithm_out, hier_leaders])
+def test_hierarchical_right_variants_pass(fn):
+    res = cluster.hierarchical_all_reduce(fn, layouts=((1, 2), (2, 2), (2, 3), (3, 2)), verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, says", [
+    (hier_flat, r"crossed between nodes.*reduce inside the node first"),
+    (hier_skips_the_nodes_step, r"its node's sum|across nodes.*missing|between nodes"),
+    (hier_returns_the_shard, r"shape.*all_gather|all-gather|all_gather"),
+    (hier_swapped_splits, r"crossed between nodes"),
+])
+def test_hierarchical_mistakes_are_named(fn, says):
+    res = cluster.hierarchical_all_reduce(fn, layouts=((2, 2), (2, 3)), verbose=False)
+    assert not res.passed
+    assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
