@@ -179,3 +179,54 @@ def test_hierarchical_mistakes_are_named(fn, says):
     res = cluster.hierarchical_all_reduce(fn, layouts=((2, 2), (2, 3)), verbose=False)
     assert not res.passed
     assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
+
+
+# ---- model_averaging --------------------------------------------------------------------
+def avg_tree_out(comm, model):
+    comm.all_reduce(model.params, op="mean", algorithm="tree", out=model.params)
+
+
+def avg_sum_then_divide_copy(comm, model):
+    total = comm.all_reduce(model.params.copy(), op="sum")
+    model.params[...] = total / comm.world_size
+
+
+def avg_assign_property(comm, model):  # model.params = v copies v into the buffer
+    model.params = comm.all_reduce(model.params, algorithm="ring") / comm.world_size
+
+
+def avg_forgets_to_divide(comm, model):
+    comm.all_reduce(model.params, op="sum", out=model.params)
+
+
+def avg_rebinds(comm, model):
+    p = model.params
+    p = comm.all_reduce(p, op="mean")  # noqa: F841 - the mistake: the name is rebound
+
+
+def avg_reduce_to_root(comm, model):
+    mean = comm.reduce(model.params, root=0)
+    if comm.rank == 0:
+        model.params[...] = mean / comm.world_size
+
+
+def avg_the_gradients(comm, model):
+    comm.all_reduce(model.grads, op="mean", out=model.grads)
+
+
+@pytest.mark.parametrize("fn", [avg_tree_out, avg_sum_then_divide_copy, avg_assign_property])
+def test_model_averaging_right_variants_pass(fn):
+    res = averaging.model_averaging(fn, world_sizes=(1, 3), verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, says", [
+    (avg_forgets_to_divide, r"times the mean: you summed.*divide"),
+    (avg_rebinds, r"not written back"),
+    (avg_reduce_to_root, r"rank 0 has the mean but rank \d does not.*all_reduce"),
+    (avg_the_gradients, r"PARAMETERS"),
+])
+def test_model_averaging_mistakes_are_named(fn, says):
+    res = averaging.model_averaging(fn, world_sizes=(3,), verbose=False)
+    assert not res.passed
+    assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
