@@ -230,3 +230,59 @@ def test_model_averaging_mistakes_are_named(fn, says):
     res = averaging.model_averaging(fn, world_sizes=(3,), verbose=False)
     assert not res.passed
     assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
+
+
+# ---- data_parallel_step -----------------------------------------------------------------
+def dp_slice_assign_mean(comm, model, bucket_bytes):
+    for b in model.buckets(bucket_bytes):
+        model.grads[b.slice] = comm.all_reduce(model.grads[b.slice], op="mean")
+
+
+def dp_reversed_buckets_tree(comm, model, bucket_bytes):  # same order on every rank: fine
+    for b in reversed(model.buckets(bucket_bytes)):
+        g = model.grads[b.slice]
+        comm.all_reduce(g, algorithm="tree", out=g)
+        np.divide(g, comm.world_size, out=g)
+
+
+def dp_divides_a_copy(comm, model, bucket_bytes):
+    for b in model.buckets(bucket_bytes):
+        g = model.grads[b.slice]
+        comm.all_reduce(g, out=g)
+        g = g / comm.world_size  # noqa: PLW2901 - the mistake: the division goes to a new array
+
+
+def dp_skips_the_first_bucket(comm, model, bucket_bytes):
+    bs = model.buckets(bucket_bytes)
+    for k in range(1, len(bs)):  # off by one
+        g = model.grads[bs[k].slice]
+        comm.all_reduce(g, op="mean", out=g)
+
+
+def dp_reduce_to_root(comm, model, bucket_bytes):
+    for b in model.buckets(bucket_bytes):
+        total = comm.reduce(model.grads[b.slice], root=0)
+        if comm.rank == 0:
+            model.grads[b.slice] = total / comm.world_size
+
+
+def dp_ignores_buckets(comm, model, bucket_bytes):  # right values, one call for all buckets
+    comm.all_reduce(model.grads, op="mean", out=model.grads)
+
+
+@pytest.mark.parametrize("fn", [dp_slice_assign_mean, dp_reversed_buckets_tree])
+def test_data_parallel_right_variants_pass(fn):
+    res = train.data_parallel_step(fn, world_sizes=(1, 3), verbose=False)
+    assert res.passed, res.summary()
+
+
+@pytest.mark.parametrize("fn, says", [
+    (dp_divides_a_copy, r"times the average: you summed"),
+    (dp_skips_the_first_bucket, r"were not averaged.*bucket missing"),
+    (dp_reduce_to_root, r"rank 0 .*average.*rank \d|all_reduce, not .*reduce"),
+    (dp_ignores_buckets, r"1 comm.all_reduce call.*all-reduce each bucket once"),
+])
+def test_data_parallel_mistakes_are_named(fn, says):
+    res = train.data_parallel_step(fn, world_sizes=(3,), verbose=False)
+    assert not res.passed
+    assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
