@@ -286,3 +286,75 @@ def test_data_parallel_mistakes_are_named(fn, says):
     res = train.data_parallel_step(fn, world_sizes=(3,), verbose=False)
     assert not res.passed
     assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
+
+
+# ---- reduce_chunk_kernel (numba CUDA; the simulator without a GPU) ------------------------
+@cuda.jit
+def k_range_stride(dst, src, scale):
+    # raise NotImplementedError   <- the stub's line, left in a comment
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] = (dst[i] + src[i]) * scale
+
+
+@cuda.jit
+def k_by_hand(dst, src, scale):
+    """Indices from threadIdx/blockIdx by hand; raise NotImplementedError was here."""
+    i = cuda.threadIdx.x + cuda.blockIdx.x * cuda.blockDim.x
+    stride = cuda.blockDim.x * cuda.gridDim.x
+    n = dst.size
+    while i < n:
+        s = dst[i] + src[i]
+        dst[i] = s * scale
+        i += stride
+
+
+@cuda.jit
+def k_off_by_one_bound(dst, src, scale):
+    i = cuda.grid(1)
+    while i <= dst.size:
+        dst[i] = (dst[i] + src[i]) * scale
+        i += cuda.gridsize(1)
+
+
+@cuda.jit
+def k_local_only(dst, src, scale):
+    i = cuda.grid(1)
+    while i < dst.size:
+        d = dst[i]
+        d = (d + src[i]) * scale  # noqa: F841 - the mistake: never stored into dst
+        i += cuda.gridsize(1)
+
+
+@cuda.jit
+def k_scale_before_add(dst, src, scale):
+    i = cuda.grid(1)
+    while i < dst.size:
+        dst[i] = dst[i] * scale + src[i]
+        i += cuda.gridsize(1)
+
+
+@cuda.jit
+def k_thread_index_only(dst, src, scale):  # ignores the block index: blocks redo block 0
+    i = cuda.threadIdx.x
+    while i < dst.size:
+        dst[i] = (dst[i] + src[i]) * scale
+        i += cuda.gridsize(1)
+
+
+@pytest.mark.parametrize("kernel", [k_range_stride, k_by_hand])
+def test_kernel_right_variants_pass(kernel):
+    res = kernels.reduce_chunk_kernel(kernel, verbose=False)
+    assert res.passed, res.summary()
+    assert not res.not_implemented
+
+
+@pytest.mark.parametrize("kernel, says", [
+    (k_off_by_one_bound, r"past the end.*if i < dst.size"),
+    (k_local_only, r"dst was not changed at all"),
+    (k_scale_before_add, r"dst \* scale \+ src.*add first"),
+    (k_thread_index_only, r"updated \d times.*several threads.*cuda.grid\(1\)"),
+])
+def test_kernel_mistakes_are_named(kernel, says):
+    res = kernels.reduce_chunk_kernel(kernel, verbose=False)
+    assert not res.passed and not res.not_implemented
+    assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
