@@ -358,3 +358,8 @@ def test_kernel_mistakes_are_named(kernel, says):
     res = kernels.reduce_chunk_kernel(kernel, verbose=False)
     assert not res.passed and not res.not_implemented
     assert re.search(says, res.summary(), flags=re.S | re.I), res.summary()
+
+
+def test_hierarchical_none_is_not_told_to_all_gather():
+    res = cluster.hierarchical_all_reduce(lambda comm, x, g: None, layouts=((2, 2),), verbose=False)
+    assert "returned None" in res.summary() and "all-gather" not in res.summary()

@@ -62,6 +62,8 @@ def hierarchical_all_reduce(fn, layouts=LAYOUTS, verbose=True):
 def _partial_sum(out, xs, nodes, g):
     """Name a wrong result that is the sum over one node, or over one rank per node."""
     for r, y in enumerate(out):
+        if y is None:
+            return ""
         y = np.asarray(y)
         if y.shape != xs[0].shape:
             return f" (rank {r}'s result must be the whole vector: all-gather the shards in the node)"
