@@ -112,6 +112,12 @@ def _diagnose(out, p):
             if ret is not None and np.allclose(np.asarray(ret).reshape(-1), mean, rtol=RTOL, atol=ATOL):
                 return (f"rank {r}: you returned the mean but left model.params unchanged: write it back "
                         "(out=model.params, or model.params[...] = ...)")
+            if p > 1 and out.trace.per_rank_bytes()[r]:
+                return (f"rank {r}: you communicated, but model.params still holds this rank's own "
+                        "parameters: the result was not written back into the buffer (`p = "
+                        "comm.all_reduce(p)` rebinds the name p to a new array and leaves model.params "
+                        "alone): use comm.all_reduce(model.params, op=\"mean\", out=model.params), or "
+                        "model.params[...] = ...")
             return f"rank {r}: model.params still holds this rank's own parameters: nothing was averaged"
         i = int(np.argmax(~np.isclose(params, mean, rtol=RTOL, atol=ATOL)))
         return f"rank {r}: model.params[{i}] is {params[i]:.6g}; the mean over ranks is {mean[i]:.6g}"

@@ -45,7 +45,10 @@ def hierarchical_all_reduce(fn, layouts=LAYOUTS, verbose=True):
                 return fn(comm, xs[comm.rank].copy(), g)
 
             def judge(out):
-                bad = _check_values(out, want, np.float64) or _slow_traffic(out.trace, nodes, g, n, 8)
+                bad = _check_values(out, want, np.float64)
+                if bad:
+                    bad += _partial_sum(out, xs, nodes, g)
+                bad = bad or _slow_traffic(out.trace, nodes, g, n, 8)
                 note = None if bad else _idle_cards(out.trace, nodes, g, n)
                 if note and note not in res.notes:
                     res.notes.append(note)
@@ -54,6 +57,24 @@ def hierarchical_all_reduce(fn, layouts=LAYOUTS, verbose=True):
             if not try_case(res, case, lambda: launch(prog, p, network=net), judge):
                 return res.done(verbose)
     return res.done(verbose)
+
+
+def _partial_sum(out, xs, nodes, g):
+    """Name a wrong result that is the sum over one node, or over one rank per node."""
+    for r, y in enumerate(out):
+        if y is None:
+            return ""
+        y = np.asarray(y)
+        if y.shape != xs[0].shape:
+            return f" (rank {r}'s result must be the whole vector: all-gather the shards in the node)"
+        node, local = divmod(r, g)
+        if nodes > 1 and np.allclose(y, sum(xs[node * g:(node + 1) * g]), rtol=1e-10, atol=1e-10):
+            return (f": rank {r} holds its node's sum only: the step across nodes is missing "
+                    "(all-reduce the shard with the same local rank on every node)")
+        if g > 1 and np.allclose(y, sum(xs[local::g]), rtol=1e-10, atol=1e-10):
+            return (f": rank {r} holds the sum over its counterparts on the other nodes only: the "
+                    "step inside the node is missing")
+    return ""
 
 
 def _slow_traffic(trace, nodes, g, n, itemsize):

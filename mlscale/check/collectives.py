@@ -49,10 +49,13 @@ def ring_all_reduce(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
                     return fn(comm, x)
 
                 def judge(out):
-                    return _check_values(out, want, dtype) or _check_traffic(
+                    bad = _check_values(out, want, dtype)
+                    if bad:
+                        return bad + _which_chunk(out, xs)
+                    return _check_traffic(
                         out.trace, p, n, np.dtype(dtype).itemsize)
 
-                if not try_case(res, case, lambda: launch(prog, p, network=net), judge):
+                if not try_case(res, case, lambda: launch(prog, p, network=net), judge, RING_DEADLOCK):
                     return res.done(verbose)
     # one case with chunks above the eager limit: a blocking send there waits for the receive
     # to be posted, so a ring of "send, then recv" on every rank deadlocks (as on MPI)
@@ -67,6 +70,11 @@ def ring_all_reduce(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
              deadlock_hint=EAGER_DEADLOCK)
     return res.done(verbose)
 
+
+RING_DEADLOCK = (
+    " In a ring every rank sends to its RIGHT neighbour (r + 1) % p and receives from its LEFT "
+    "neighbour (r - 1) % p, the one that sends to it: a receive from any other rank waits for a "
+    "message that never comes. Every rank must also make the same number of steps.")
 
 EAGER_DEADLOCK = (
     " every rank is inside a blocking send and nobody has posted the receive. Small messages "
@@ -91,6 +99,47 @@ def _check_values(out, want, dtype):
             i = int(np.argmax(~np.isclose(y, want, rtol=1e-10, atol=1e-10)))
             return f"rank {r}: element {i} is {y[i]:.6g}, the sum over ranks is {want[i]:.6g}"
     return None
+
+
+def _which_chunk(out, xs):
+    """What a wrong ring result holds, chunk by chunk, when it can be told: each chunk of
+    rank r's result is matched against the sums over every subset of ranks' inputs."""
+    from itertools import combinations
+
+    p = len(xs)
+    if p < 2 or p > 8 or xs[0].size < p:
+        return ""
+    lo = np.cumsum([0] + [len(c) for c in np.array_split(xs[0], p)])
+    for r, y in enumerate(out):
+        y = np.asarray(y)
+        if y.shape != xs[0].shape:
+            return ""
+        held = []
+        for c in range(p):
+            part = slice(lo[c], lo[c + 1])
+            held.append(next((set(S) for k in range(1, p + 1) for S in combinations(range(p), k)
+                              if np.allclose(y[part], sum(xs[i][part] for i in S), rtol=1e-10, atol=1e-10)),
+                             None))
+        if all(h == set(range(p)) for h in held):
+            continue
+        if all(h is not None and len(h) == 1 for h in held) and held != [{r}] * p:
+            return (f". Rank {r}: every chunk holds ONE rank's values (ranks {[min(h) for h in held]}): "
+                    "either the reduce-scatter overwrote the received chunk instead of ADDING it "
+                    "(chunks[i] += got), or the all-gather sent chunks that were not finished (at step s "
+                    "it sends chunk (r + 1 - s) % p, the one the reduce-scatter completed)")
+        done = (r + 1) % p
+        if held[done] == set(range(p)) and all(h is not None and h != set(range(p))
+                                               for c, h in enumerate(held) if c != done):
+            return (f". Rank {r}: only chunk {done} = (r + 1) % p holds the full sum, the others hold "
+                    "partial sums of the reduce-scatter: the all-gather phase is missing or does not copy "
+                    "the received chunks in (at step s send chunk (r + 1 - s) % p, copy into (r - s) % p)")
+        c = next(c for c, h in enumerate(held) if h != set(range(p)))
+        what = ("matches no sum of the ranks' inputs" if held[c] is None else
+                f"holds the sum over ranks {sorted(held[c])} only, not all {p}")
+        return (f". Rank {r}: chunk {c} (elements {lo[c]}..{lo[c + 1] - 1}) {what}: a chunk sent before "
+                "it was complete (reduce-scatter: send (r - s) % p, add into (r - s - 1) % p; "
+                "all-gather: send (r + 1 - s) % p, copy into (r - s) % p)")
+    return ""
 
 
 def _check_traffic(trace, p, n, itemsize):

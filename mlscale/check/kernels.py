@@ -119,10 +119,27 @@ def _diagnose(got, want, dst0, dst_plus_src, scale, threads_total, rtol, atol):
         return "dst was not changed at all: write (dst[i] + src[i]) * scale into dst[i]"
     if scale != 1 and np.allclose(got, dst_plus_src, rtol=rtol, atol=atol):
         return "dst is dst + src: multiply by scale"
+    src0 = dst_plus_src - dst0
+    if np.allclose(got, dst0 * scale + src0, rtol=rtol, atol=atol):
+        return "dst is dst * scale + src: add first, then scale: dst[i] = (dst[i] + src[i]) * scale"
     i = int(bad[0])
+    times = _times_updated(got[i], dst0[i], src0[i], scale, min(threads_total, 16), rtol, atol)
+    if times and times > 1:
+        return (f"element {i} was updated {times} times, not once: several threads handle the same "
+                "element. Start at i = cuda.grid(1) (blockIdx.x * blockDim.x + threadIdx.x, not "
+                "threadIdx.x alone) and step by stride = cuda.gridsize(1) (the whole grid, not one block)")
     return (f"element {i} is {got[i]:.7g}, expected (dst + src) * scale = {want[i]:.7g} "
             f"(dst = {dst0[i]:.7g}, src = {dst_plus_src[i] - dst0[i]:.7g}, scale = {scale:.7g}); "
             f"{bad.size} of {n} elements wrong")
+
+
+def _times_updated(got, d, s, scale, most, rtol, atol):
+    """How many times (d + s) * scale was applied to d to give ``got`` (2..most), or None."""
+    for k in range(2, most + 1):
+        d = (d + s) * scale
+        if np.isclose(got, (d + s) * scale, rtol=max(rtol, 1e-5), atol=max(atol, 1e-6)):
+            return k
+    return None
 
 
 def reduce_chunk_kernel(kernel, verbose=True):

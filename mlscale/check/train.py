@@ -189,6 +189,10 @@ def _diagnose(out, p, want_grads, want_params, slots):
                             "this rank's own gradient: the result was not written back into the buffer "
                             "(`g = comm.all_reduce(g)` rebinds the name g to a new array and leaves "
                             "model.grads alone): use comm.all_reduce(g, op=\"mean\", out=g), or g[...] = ...")
+                if r != 0 and _close(out[0][0][t]["grads"], E):
+                    return (f"rank 0 has the average but rank {r}, step {t} still holds its own gradient: "
+                            "every rank takes the SGD step, so every rank needs it (all_reduce, not a "
+                            "reduce to one root)")
                 return (f"rank {r}, step {t}: model.grads still holds this rank's own gradient: "
                         "nothing was averaged")
             wrong = [sl for sl in slots if not _close(g[sl.start:sl.stop], E[sl.start:sl.stop])]
