@@ -32,8 +32,12 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     device   "cpu" or "gpu" (sim with "gpu": every rank's arrays are CuPy arrays on the
              one GPU of this machine; "N logical GPUs on one device")
     network  a ``NetworkModel`` (sim only)
-    timeout  wall-clock seconds for the whole run (sim: checked at every scheduler switch,
-             so a rank spinning in Python without communicating is not interrupted).
+    timeout  wall-clock seconds for the whole run. sim, called from the main thread: a
+             SIGALRM timer raises TimeoutError inside the rank running when the time is up
+             (even one spinning in pure Python or in time.sleep), naming that rank; the
+             previous SIGALRM handler and timer are restored afterwards. sim off the main
+             thread or without SIGALRM (Windows): checked only at scheduler switches, so a
+             rank spinning in Python without communicating is not interrupted there.
              mpi/nccl with timeout=None: 300 s, or $MLSCALE_MPI_TIMEOUT seconds ("none": no
              limit), as torch's NCCL watchdog ends a job stuck in a collective; on timeout
              the error says what each rank was waiting in. Sooner than that, a DeadlockError

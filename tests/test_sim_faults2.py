@@ -1,0 +1,139 @@
+"""sim engine: launch(timeout=) stops a rank spinning or sleeping in Python (SIGALRM);
+several failing ranks are all listed, the earliest in virtual time first; faults inside
+collectives name the collective and algorithm; ANY_SOURCE takes the earliest arrival."""
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mlscale as ms
+from mlscale.comm.errors import CommError, DeadlockError, TimeoutError
+
+
+def _spin(comm):
+    if comm.rank == 1:
+        while True:
+            pass
+    return comm.rank
+
+
+def _sleep(comm):
+    if comm.rank == 2:
+        time.sleep(100)
+    return comm.rank
+
+
+@pytest.mark.parametrize("fn, rank", [(_spin, 1), (_sleep, 2)])
+def test_timeout_stops_a_spinning_or_sleeping_rank(fn, rank):
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as ei:
+        ms.launch(fn, 3, timeout=1)
+    assert time.monotonic() - t0 < 10
+    msg = str(ei.value)
+    assert f"rank {rank} was still running" in msg and "timeout=1" in msg
+    assert ei.value.rank == rank
+
+
+def test_previous_sigalrm_handler_and_timer_are_restored():
+    fired = []
+
+    def mine(signum, frame):
+        fired.append(signum)
+
+    old = signal.signal(signal.SIGALRM, mine)
+    try:
+        with pytest.raises(TimeoutError):
+            ms.launch(_spin, 2, timeout=0.5)
+        assert signal.getsignal(signal.SIGALRM) is mine
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        # a timer armed before the launch goes on afterwards with what it had left
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        assert ms.launch(lambda c: c.rank, 2, timeout=5) == [0, 1]
+        left, interval = signal.getitimer(signal.ITIMER_REAL)
+        assert 20 < left <= 30 and interval == 0
+        assert signal.getsignal(signal.SIGALRM) is mine
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert fired == []
+
+
+def test_a_launch_in_time_leaves_no_timer_armed():
+    def prog(comm):
+        return comm.all_reduce(np.full(4, comm.rank + 1.0))
+
+    res = ms.launch(prog, 3, timeout=5)
+    np.testing.assert_array_equal(res[0], np.full(4, 6.0))
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+
+
+def test_off_the_main_thread_a_communicating_rank_still_times_out():
+    def busy(comm):  # communicates, so the switch-time check sees the wall clock
+        while True:
+            comm.sendrecv(np.zeros(1), (comm.rank + 1) % 2, (comm.rank - 1) % 2)
+
+    box = []
+    th = threading.Thread(target=lambda: box.append(_catch(lambda: ms.launch(busy, 2, timeout=0.5))))
+    th.start()
+    th.join(20)
+    assert not th.is_alive()
+    assert isinstance(box[0], TimeoutError) and "timeout=0.5" in str(box[0])
+
+
+def _catch(f):
+    try:
+        f()
+    except BaseException as e:  # noqa: BLE001
+        return e
+    return None
+
+
+class Boom(ValueError):
+    pass
+
+
+@pytest.mark.parametrize("late, early", [(1, 2), (2, 1)])
+def test_several_failures_earliest_in_virtual_time_first(late, early):
+    def prog(comm):
+        if comm.rank == late:
+            comm.compute(1.0)
+            raise Boom(f"late failure on {comm.rank}")
+        if comm.rank == early:
+            raise KeyError(f"early failure on {comm.rank}")
+        return comm.rank
+
+    with pytest.raises(KeyError) as ei:
+        ms.launch(prog, 4)
+    assert ei.value.rank == early
+    notes = "\n".join(getattr(ei.value, "__notes__", []))
+    assert f"raised on rank {early} of 4" in notes
+    assert f"rank {late} at t=1 s: Boom: late failure on {late}" in notes
+    assert "t=0 s" in notes
+
+
+def test_one_failure_has_no_list_of_others():
+    def prog(comm):
+        if comm.rank == 2:
+            raise Boom("only me")
+        return comm.rank
+
+    with pytest.raises(Boom) as ei:
+        ms.launch(prog, 3)
+    assert ei.value.rank == 2
+    assert not any("other ranks also raised" in n for n in ei.value.__notes__)
+
+
+def test_sys_exit_among_failures_is_still_a_comm_error():
+    def prog(comm):
+        if comm.rank == 0:
+            comm.compute(2.0)
+            raise Boom("later")
+        if comm.rank == 1:
+            raise SystemExit(3)
+
+    with pytest.raises(CommError, match=r"rank 1 of 2 called sys.exit\(3\)") as ei:
+        ms.launch(prog, 2)
+    assert "rank 0 at t=2 s: Boom: later" in "\n".join(ei.value.__notes__)
