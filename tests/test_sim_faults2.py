@@ -137,3 +137,48 @@ def test_sys_exit_among_failures_is_still_a_comm_error():
     with pytest.raises(CommError, match=r"rank 1 of 2 called sys.exit\(3\)") as ei:
         ms.launch(prog, 2)
     assert "rank 0 at t=2 s: Boom: later" in "\n".join(ei.value.__notes__)
+
+
+def _numbers(msg):
+    import re
+
+    return [int(n) for n in re.findall(r"\d+", msg)]
+
+
+def test_deadlock_inside_a_ring_all_reduce_names_it_not_the_tag():
+    def prog(comm):
+        comm.check = False  # no agreement step: the ring's own messages deadlock
+        comm.all_reduce(np.ones(8))
+        comm.all_reduce(np.ones(8))
+        if comm.rank != 2:
+            comm.all_reduce(np.ones(8), algorithm="ring")
+
+    with pytest.raises(DeadlockError) as ei:
+        ms.launch(prog, 4)
+    msg = str(ei.value)
+    assert "rank 0 (t=" in msg and "waits in all_reduce #3 (algorithm='ring'): irecv(src=3).wait()" in msg
+    assert "rank 2 finished" in msg
+    assert max(_numbers(msg)) < 2 ** 20, msg
+
+
+def test_a_rank_dying_inside_a_collective_names_the_collective():
+    from mlscale.comm.errors import RankFailure
+    from mlscale.comm.network import NetworkModel
+
+    def prog(comm):
+        return comm.all_reduce(np.ones(1 << 12), algorithm="ring")
+
+    with pytest.raises(RankFailure) as ei:
+        ms.launch(prog, 3, network=NetworkModel(failures={1: 1e-5}))
+    msg = str(ei.value)
+    assert "all_reduce #1 (algorithm='ring')" in msg and "rank 1 died" in msg
+    assert max(_numbers(msg)) < 2 ** 20, msg
+
+
+def test_user_tags_are_still_named_in_a_deadlock():
+    def prog(comm):
+        if comm.rank == 0:
+            comm.recv(1, tag=5)
+
+    with pytest.raises(DeadlockError, match=r"rank 0 .* waits in recv\(src=1, tag=5\)"):
+        ms.launch(prog, 2)

@@ -3,10 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..collectives._p2p import MAX_TAG
 from ._sim_mail import _Rendezvous
 from ._sim_state import DONE
 from .base import Communicator, Request
 from .errors import CommError
+
+
+def in_collective(label, seq, what):
+    """``what`` (e.g. "recv(src=1)") said as the collective it is part of, for messages
+    on the collectives' internal tag: "all_reduce #3 (algorithm='ring'): recv(src=1)"."""
+    name, _, algo = label.partition("/")
+    if not name:
+        return f"a collective's {what}"
+    if not algo:  # barrier (not numbered)
+        return f"{name}: {what}"
+    return f"{name} #{seq} (algorithm={algo!r}): {what}"
 
 
 class _SendRequest(Request):
@@ -35,7 +47,8 @@ class _RecvRequest(Request):
             c = self.comm
             self.value = c.sim.take(
                 c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
-                f"irecv(src={self.src}, tag={self.tag}).wait()",
+                f"irecv(src={self.src}, tag={self.tag}).wait()" if self.tag < MAX_TAG
+                else in_collective(c._label, c._coll_seq, f"irecv(src={self.src}).wait()"),
             )
             self.done = True
         return self.value
@@ -102,7 +115,8 @@ class SimComm(Communicator):
 
     def _send(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
-        self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})")
+        self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})" if tag < MAX_TAG
+                               else in_collective(self._label, self._coll_seq, f"send(dst={dst})"))
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
@@ -131,8 +145,9 @@ class SimComm(Communicator):
         idx = self._post_recv(src, tag)
         deadline = None if timeout is None else self._R.clock + timeout
         return self.sim.take(
-            self._R, self.ctx, self.group[src], tag, idx, out, deadline, f"recv(src={src}, tag={tag})"
-        )
+            self._R, self.ctx, self.group[src], tag, idx, out, deadline,
+            f"recv(src={src}, tag={tag})" if tag < MAX_TAG else in_collective(self._label, self._coll_seq,
+                                                                               f"recv(src={src})"))
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
         """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``."""

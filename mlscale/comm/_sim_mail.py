@@ -56,7 +56,7 @@ class Mailboxes:
         D = self.ranks[dst]
         if D.state == DEAD:
             raise RankFailure(
-                f"rank {R.rank} sent to rank {dst} (tag {tag}), which died at t={D.died_at:.6g} s",
+                f"rank {R.rank} sent to rank {dst} ({_on_tag(tag, label)}), which died at t={D.died_at:.6g} s",
                 failed_rank=dst,
             )
         nbytes = buf.nbytes
@@ -228,3 +228,13 @@ class Mailboxes:
         out[...] = payload
         self.recycle(payload)
         return out
+
+
+def _on_tag(tag, label):
+    """The tag of a message, or the collective it belongs to (the collectives' internal tag)."""
+    from ..collectives._p2p import MAX_TAG
+
+    if tag < MAX_TAG:
+        return f"tag {tag}"
+    name, _, algo = label.partition("/")
+    return f"in {name} (algorithm={algo!r})" if algo else f"in {name or 'a collective'}"
