@@ -182,3 +182,59 @@ def test_user_tags_are_still_named_in_a_deadlock():
 
     with pytest.raises(DeadlockError, match=r"rank 0 .* waits in recv\(src=1, tag=5\)"):
         ms.launch(prog, 2)
+
+
+def _any_source_earliest(comm):
+    if comm.rank == 0:
+        got = [comm.recv(ms.ANY_SOURCE) for _ in range(2)]
+        src, last = comm.recv_any(tag=3)
+        return [int(g[0]) for g in got] + [src, int(last[0])]
+    if comm.rank == 1:
+        comm.compute(0.01)  # rank 1's message arrives later in virtual time
+    comm.send(np.full(2, comm.rank), 0)
+    if comm.rank == 2:
+        comm.send(np.full(1, 20), 0, tag=3)
+
+
+def test_any_source_takes_the_earliest_arrival_in_virtual_time():
+    assert ms.launch(_any_source_earliest, 3)[0] == [2, 1, 2, 20]
+
+
+def test_any_source_ties_and_timeout():
+    def prog(comm):
+        if comm.rank == 0:
+            first = comm.recv(ms.ANY_SOURCE, tag=1)  # both arrive at the same time: lowest rank
+            comm.recv(ms.ANY_SOURCE, tag=1)
+            with pytest.raises(TimeoutError, match="recv_any"):
+                comm.recv(ms.ANY_SOURCE, tag=2, timeout=1.0)
+            return int(first[0])
+        comm.send(np.full(1, comm.rank), 0, tag=1)
+        comm.compute(5.0)  # still running when rank 0's timeout (t=1 s) comes
+
+    assert ms.launch(prog, 3)[0] == 1
+
+
+def _any_source_ordered(comm):
+    # one message can be in flight at a time, so the order is the same on every engine
+    if comm.rank == 0:
+        a = comm.recv(ms.ANY_SOURCE)
+        comm.send(np.zeros(1), 1)
+        src, b = comm.recv_any()
+        return [int(a[0]), src, int(b[0])]
+    if comm.rank == 1:
+        comm.recv(0)
+    comm.send(np.full(1, comm.rank + 10), 0)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("backend", ["sim", "mpi"])
+def test_any_source_same_on_sim_and_mpi(backend):
+    if backend == "mpi":
+        pytest.importorskip("mpi4py")
+        from mlscale.comm._mpi_launch import find_mpiexec
+
+        try:
+            find_mpiexec()
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"needs mpiexec ({e})")
+    assert ms.launch(_any_source_ordered, 3, backend=backend, timeout=60)[0] == [12, 1, 11]

@@ -6,7 +6,7 @@ import numpy as np
 from ..collectives._p2p import MAX_TAG
 from ._sim_mail import _Rendezvous
 from ._sim_state import DONE
-from .base import Communicator, Request
+from .base import ANY_SOURCE, Communicator, Request
 from .errors import CommError
 
 
@@ -150,7 +150,12 @@ class SimComm(Communicator):
                                                                                f"recv(src={src})"))
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
-        """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``."""
+        """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``.
+        ``src=ANY_SOURCE`` takes the matching message that arrives first in virtual time
+        (ties: the lowest rank), as MPI takes the first to arrive, and returns only the
+        array, as on MPI; ``recv_any`` also returns the source."""
+        if src == ANY_SOURCE and not isinstance(src, bool):
+            return self.recv_any(tag, out, timeout)[1]
         src = self._check_peer(src, "src")
         tag = self._check_tag(tag, _internal)
         return self._recv(src, tag, out, timeout)

@@ -213,7 +213,9 @@ class Mailboxes:
             if deadline is not None and self.now >= deadline:
                 self.advance(R, deadline)
                 raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
-            if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q.rank != R.rank):
+            # (with a timeout it waits for it: a rank that finished later in virtual time was
+            # still running then)
+            if deadline is None and all(Q.state in (DEAD, DONE) for Q in self.ranks if Q.rank != R.rank):
                 raise DeadlockError(f"rank {R.rank} waits in {what} but every other rank has finished or died")
             self._block(R, what, deadline)
 
