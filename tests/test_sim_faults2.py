@@ -64,10 +64,11 @@ def test_a_launch_in_time_leaves_no_timer_armed():
     def prog(comm):
         return comm.all_reduce(np.full(4, comm.rank + 1.0))
 
+    before = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
     res = ms.launch(prog, 3, timeout=5)
     np.testing.assert_array_equal(res[0], np.full(4, 6.0))
+    assert before == (signal.getsignal(signal.SIGALRM), (0.0, 0.0))
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
 
 
 def test_off_the_main_thread_a_communicating_rank_still_times_out():

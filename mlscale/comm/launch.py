@@ -43,6 +43,9 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
              the error says what each rank was waiting in. Sooner than that, a DeadlockError
              ends an mpi/nccl run once a rank has waited 3 s on a rank that had returned,
              or every running rank has waited 9 s on the others ($MLSCALE_MPI_DEADLOCK=3)
+             sim, when several ranks raise: the exception of the earliest failure in virtual
+             time is raised (ties: the first to raise), with a note listing every other rank
+             that raised; once a rank raises at virtual time t, only ranks behind t still run
     mpiexec_args  extra mpiexec arguments for mpi/nccl runs, e.g. ``["-f", "hosts"]``
              (MPICH) to spread the ranks over the machines of a hostfile
     """
