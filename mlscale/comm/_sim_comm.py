@@ -21,6 +21,19 @@ def in_collective(label, seq, what):
     return f"{name} #{seq} (algorithm={algo!r}): {what}"
 
 
+class _InCollective:
+    """in_collective(...), formatted only when a message needs it (a deadlock or failure
+    report): building the text for every message of a collective would slow the sim."""
+
+    __slots__ = ("label", "seq", "fmt", "peer")
+
+    def __init__(self, label, seq, fmt, peer):
+        self.label, self.seq, self.fmt, self.peer = label, seq, fmt, peer
+
+    def __str__(self):
+        return in_collective(self.label, self.seq, self.fmt.format(self.peer))
+
+
 class _SendRequest(Request):
     __slots__ = ("sim", "R", "end")
 
@@ -48,7 +61,7 @@ class _RecvRequest(Request):
             self.value = c.sim.take(
                 c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
                 f"irecv(src={self.src}, tag={self.tag}).wait()" if self.tag < MAX_TAG
-                else in_collective(c._label, c._coll_seq, f"irecv(src={self.src}).wait()"),
+                else _InCollective(c._label, c._coll_seq, "irecv(src={}).wait()", self.src),
             )
             self.done = True
         return self.value
@@ -116,7 +129,7 @@ class SimComm(Communicator):
     def _send(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
         self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})" if tag < MAX_TAG
-                               else in_collective(self._label, self._coll_seq, f"send(dst={dst})"))
+                               else _InCollective(self._label, self._coll_seq, "send(dst={})", dst))
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
@@ -146,8 +159,8 @@ class SimComm(Communicator):
         deadline = None if timeout is None else self._R.clock + timeout
         return self.sim.take(
             self._R, self.ctx, self.group[src], tag, idx, out, deadline,
-            f"recv(src={src}, tag={tag})" if tag < MAX_TAG else in_collective(self._label, self._coll_seq,
-                                                                               f"recv(src={src})"))
+            f"recv(src={src}, tag={tag})" if tag < MAX_TAG else _InCollective(self._label, self._coll_seq,
+                                                                               "recv(src={})", src))
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
         """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``.
