@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("allreduce", "kernels", "train", "gpt", "fsdp", "alltoall")
+BENCHES = ("allreduce", "kernels", "train", "gpt", "fsdp", "alltoall", "sim")
 
 
 def main(argv=None):

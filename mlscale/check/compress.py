@@ -79,6 +79,7 @@ def _steps(fn, n, k, dtype):
             return f"step {t}: indices must be k distinct ints in [0, {n}), got {idx.tolist()[:10]}"
         sent = np.zeros(n, np.float64)
         sent[idx] = values
+        c_ref = grad.astype(np.float64) + ref       # what should be selected from, before the step
         want_idx, want_values = _reference(grad, k, ref)
         want = np.zeros(n, np.float64)
         want[want_idx] = want_values
@@ -86,14 +87,32 @@ def _steps(fn, n, k, dtype):
             return f"step {t}: the residual did not change: update it in place (residual[...] = ...)"
         if not np.allclose(sent, want, rtol=1e-6, atol=1e-6):
             wrong = sorted(set(idx.tolist()) ^ set(want_idx.tolist()))
-            return (f"step {t}: sent the wrong entries (e.g. index {wrong[:3]})" if wrong else
+            return (f"step {t}: sent the wrong entries (e.g. index {wrong[:3]}){_why_entries(idx, grad, c_ref, k)}"
+                    if wrong else
                     f"step {t}: right indices, wrong values: send (grad + residual)[indices]")
         if not np.allclose(mine, ref, rtol=1e-6, atol=1e-6):
+            if np.allclose(mine, c_ref, rtol=1e-6, atol=1e-6):
+                return (f"step {t}: residual differs: the sent entries are still in the residual (it holds all "
+                        "of grad + residual): after sending them, set them to 0 (residual[indices] = 0), or they "
+                        "are sent twice")
             return (f"step {t}: residual differs from grad + residual with the sent entries set "
                     f"to 0 (largest gap {np.abs(mine - ref).max():.3g})")
         sent_sum += sent
         if not np.allclose(sent_sum + mine, total, rtol=1e-5, atol=1e-5):
             return f"step {t}: sum(sent) + residual != sum(grads): something was lost or counted twice"
+    return ""
+
+
+def _why_entries(idx, grad, c, k):
+    """Name the usual wrong selection: on |grad| alone, or on the values without abs."""
+    chosen = set(np.asarray(idx).tolist())
+    top = lambda v: set(np.argsort(-v, kind="stable")[:k].tolist())  # noqa: E731
+    if chosen == top(np.abs(grad.astype(np.float64))):
+        return (": you selected on |grad|; select on |grad + residual|, or what the residual holds "
+                "is never sent")
+    if chosen == top(c):
+        return (": you took the k largest values; top-k takes the largest magnitudes, "
+                "np.abs(grad + residual): large negative entries count too")
     return ""
 
 

@@ -92,15 +92,34 @@ def metropolis_weights(fn, verbose=True):
             diff = np.abs(got - want)
             off = diff * (1 - np.eye(len(A)))             # report a wrong edge before the diagonal
             i, j = np.unravel_index(np.argmax(off if off.max() > 1e-12 else diff), want.shape)
-            why = ""
-            if i != j and A[i, j] and np.isclose(got[i, j], 1 / max(A[i].sum(), A[j].sum())):
-                why = " (that is 1/max(d_i, d_j), Metropolis-Hastings: use 1/(1 + max))"
+            why = _metropolis_rule(got, A) if i != j else ""
+            if why:
+                pass
             elif i == j:
                 why = " (the diagonal makes the row sum to 1)"
             elif not A[i, j]:
                 why = f" ({i} and {j} are not neighbors: W must be 0 there)"
             res.failures.append(f"{case}: W[{i}, {j}] = {got[i, j]:.6g}, expected {want[i, j]:.6g}{why}")
     return res.done(verbose)
+
+
+def _metropolis_rule(got, A):
+    """Which usual wrong rule the off-diagonal of ``got`` follows, on the whole graph."""
+    A = A.astype(bool)
+    d = A.sum(axis=1).astype(np.float64)
+    off = got * ~np.eye(len(A), dtype=bool)
+    rules = [
+        (np.maximum(np.maximum.outer(d, d), 1), " (that is 1/max(d_i, d_j), Metropolis-Hastings: use 1/(1 + max))"),
+        (1 + np.minimum.outer(d, d), " (that is 1/(1 + min(d_i, d_j)): use max(d_i, d_j), so no row sums above 1)"),
+        (1 + d[:, None] + 0 * d, " (that is 1/(1 + d_i), only one degree: use max(d_i, d_j), so W stays symmetric)"),
+        (1 + d[None, :] + 0 * d[:, None], " (that is 1/(1 + d_j), only one degree: use max(d_i, d_j), so W stays symmetric)"),
+        (np.full_like(got, 1 + d.max()), " (that is 1/(1 + the largest degree of the whole graph): each edge uses "
+                                        "its own two ends, 1/(1 + max(d_i, d_j))"),
+    ]
+    for denom, why in rules:
+        if np.allclose(off, np.where(A, 1.0 / denom, 0.0), atol=1e-12):
+            return why
+    return ""
 
 
 # Below the eager limit every send returns at once, so a deadlock there cannot come from the
@@ -142,13 +161,27 @@ def gossip_step(fn, world_sizes=(1, 2, 3, 5, 8), verbose=True):
                     return res.done(verbose)
                 if out is None:
                     continue
-                bad = _check_gossip(out, want, topo, n)
+                bad = _check_gossip(out, want, topo, n, W, xs)
                 if bad:
                     res.failures.append(f"{case}: {bad}")
     return res.done(verbose)
 
 
-def _check_gossip(out, want, topo, n):
+def _why_gossip_wrong(y, r, topo, W, xs):
+    """Name the usual mistakes in rank r's mix y: its own term left out, the weights ignored."""
+    close = lambda a: np.allclose(y, a, rtol=1e-10, atol=1e-12)  # noqa: E731
+    srcs = list(topo.in_neighbors(r))
+    if close(W[r] @ xs - W[r, r] * xs[r]):
+        return " (your own term is missing: add W[r, r] * x to the neighbors' terms)"
+    if close(np.mean(xs[[r] + srcs], axis=0)):
+        return (" (that is the plain mean of x and the received arrays: weigh each by its entry "
+                "of W, W[r, r] * x + sum of W[r, j] * x_j)")
+    if close(xs[r]):
+        return " (that is x unchanged: nothing was mixed in)"
+    return ""
+
+
+def _check_gossip(out, want, topo, n, W, xs):
     for r, y in enumerate(out):
         if y is None:
             return f"rank {r} returned None: return the mixed array"
@@ -157,7 +190,8 @@ def _check_gossip(out, want, topo, n):
             return f"rank {r} returned shape {y.shape}, expected {want[r].shape}"
         if not np.allclose(y, want[r], rtol=1e-10, atol=1e-12):
             i = int(np.argmax(np.abs(y - want[r])))
-            return f"rank {r}: element {i} is {y[i]:.6g}, row {r} of W X gives {want[r][i]:.6g}"
+            return (f"rank {r}: element {i} is {y[i]:.6g}, row {r} of W X gives {want[r][i]:.6g}"
+                    + _why_gossip_wrong(y, r, topo, W, xs))
     trace = out.trace
     lib = [m.label for m in trace.messages if m.label]
     if lib:

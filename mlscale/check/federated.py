@@ -170,6 +170,10 @@ def pairwise_mask(fn, verbose=True):
                                 "stay in integers mod 2^64")
             continue
         unmasked = [u for u in ids if np.array_equal(ys[u], xs[u])]
+        one_sided = _one_sided_masks(ys, xs, seeds, ids) if unmasked else ""
+        if one_sided:
+            res.failures.append(f"{case}: {one_sided}")
+            continue
         if unmasked and num_clients > 1:
             res.failures.append(f"{case}: y_u equals x_u for client(s) {unmasked}: no mask was added "
                                 "(add PRG(s_uv) for every peer v > u, subtract it for v < u)")
@@ -178,6 +182,34 @@ def pairwise_mask(fn, verbose=True):
         if not np.array_equal(total, secure.sum_mod(xs.values())):
             res.failures.append(f"{case}: {_why_masks_do_not_cancel(ys, xs, seeds, ids)}")
     return res.done(verbose)
+
+
+def _one_sided_masks(ys, xs, seeds, ids):
+    """The mistake that leaves the first or last client unmasked: only the v > u terms added
+    (nothing subtracted), or only the v < u terms subtracted (nothing added)."""
+    from ..federated.secure import prg
+
+    def only(side):
+        for u in ids:
+            n = xs[u].size
+            got = (np.asarray(ys[u], dtype=np.uint64) - xs[u]).astype(np.uint64)
+            m = np.zeros(n, np.uint64)
+            for v, s in seeds[u].items():
+                if side == "add" and v > u:
+                    m = m + prg(s, n)
+                elif side == "sub" and v < u:
+                    m = m - prg(s, n)
+            if not np.array_equal(got, m):
+                return False
+        return True
+
+    if only("add"):
+        return (f"every client only added PRG(s_uv) for v > u and never subtracted it for v < u: client "
+                f"{ids[-1]} is left unmasked and nothing cancels. Subtract PRG(s_uv) for every peer v < u")
+    if only("sub"):
+        return (f"every client only subtracted PRG(s_uv) for v < u and never added it for v > u: client "
+                f"{ids[0]} is left unmasked and nothing cancels. Add PRG(s_uv) for every peer v > u")
+    return ""
 
 
 def _why_masks_do_not_cancel(ys, xs, seeds, ids):

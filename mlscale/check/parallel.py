@@ -90,13 +90,20 @@ def row_parallel_forward(fn, world_sizes=(1, 2, 3, 4, 5), verbose=True):
                 y = fn(counted, X[:, lo:hi].copy(), W[lo:hi].copy(), b.copy())
                 return y, counted.calls
 
-            if not try_case(res, case, lambda: launch(prog, p), lambda out: _check_row(out, want, p)):
+            if not try_case(res, case, lambda: launch(prog, p), lambda out: _check_row(out, want, p, (X, W, b))):
                 return res.done(verbose)
     return res.done(verbose)
 
 
-def _check_row(out, want, p):
-    for r, (y, calls) in enumerate(out):
+def _check_row(out, want, p, xwb):
+    X, W, b = xwb
+    calls = out[0][1]  # the collectives first: a wrong one explains wrong values too
+    other = {k: v for k, v in calls.items() if k != "all_reduce"}
+    if other:
+        return f"called {other}: the row-parallel forward needs only one all-reduce"
+    if calls.get("all_reduce", 0) != 1:
+        return f"called all_reduce {calls.get('all_reduce', 0)} times per forward; Megatron's g is exactly one"
+    for r, (y, _) in enumerate(out):
         if y is None:
             return f"rank {r} returned None: return Y = X @ W + b (every rank)"
         y = np.asarray(y)
@@ -108,13 +115,15 @@ def _check_row(out, want, p):
             if b_times is not None and p > 1:
                 return (f"rank {r}: off by the same row vector for every example: is the bias added "
                         f"{p} times (before the all-reduce)? add it once, after")
+            lo, hi = shard_range(X.shape[1], p, r)
+            own = X[:, lo:hi] @ W[lo:hi]
+            if np.allclose(y, (want - b) / p + b, rtol=1e-10, atol=1e-10):
+                return (f"rank {r}: the result is the mean of the partial sums (X @ W / {p}): "
+                        f"the row-parallel forward needs their sum, op=\"sum\"")
+            if np.allclose(y, own + b, rtol=1e-10, atol=1e-10) or np.allclose(y, own, rtol=1e-10, atol=1e-10):
+                return (f"rank {r} returned its own partial sum X_r @ W_r: comm.all_reduce returns the sum "
+                        f"and leaves its input as it was; use its return value (or pass out=)")
             return f"rank {r}: max error {np.abs(diff).max():.3g} against X @ W + b"
-    calls = out[0][1]
-    other = {k: v for k, v in calls.items() if k != "all_reduce"}
-    if other:
-        return f"called {other}: the row-parallel forward needs only one all-reduce"
-    if calls.get("all_reduce", 0) != 1:
-        return f"called all_reduce {calls.get('all_reduce', 0)} times per forward; Megatron's g is exactly one"
     return None
 
 

@@ -77,8 +77,28 @@ def _first_wrong(fn, s):
                        if want else
                        f"too loose: the worker would read parameters missing the slowest worker's "
                        f"clock-{slowest} updates (it may miss only clocks after {clock - s - 1})")
+                if not want and _always_goes(fn, s):
+                    why += _always_goes_why(fn, s)
                 return f"{call} returned {bool(got)}, expected {want}: {why}"
     return None
+
+
+def _always_goes(fn, s):
+    """Whether ``fn`` admits every (clock, slowest) of the table at staleness ``s``."""
+    try:
+        return all(bool(fn(c, m, s)) for c in range(41) for m in range(c + 1))
+    except Exception:  # noqa: BLE001 - only a diagnosis; the table reports the error
+        return False
+
+
+def _always_goes_why(fn, s):
+    """Why a rule that admits every worker at staleness ``s`` does so."""
+    if s == 0 and not any(_always_goes(fn, k) for k in (1, 2)):
+        return ("; at staleness=0 your rule lets every worker go, as if asynchronous: 0 is lockstep, "
+                "only None is asynchronous (test `staleness is None`: `not staleness` is true for 0 too)")
+    return (f"; your rule lets every worker go at staleness={s} whatever the clocks: "
+            f"the bound is slowest >= clock - staleness (is a comparison the wrong way round, "
+            f"or is the rule always True?)")
 
 
 def _run(rule, workers, s):

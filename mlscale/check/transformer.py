@@ -73,16 +73,48 @@ def mesh_coordinates(fn, verbose=True):
         want = [mesh_coords(r, sizes) for r in range(n)]
 
         def judge(got, sizes=sizes, want=want):
-            for r, (g, w) in enumerate(zip(got, want)):
-                if g is None:
-                    return f"rank {r}: returned None; return a tuple of {len(sizes)} coordinates"
-                if tuple(int(c) for c in g) != w:
-                    return f"rank {r}: got {tuple(g)}, expected {w} (row-major: the last dimension varies fastest)"
-            return None
+            return _judge_mesh(got, sizes, want)
 
         if not try_case(res, f"sizes={sizes}", lambda sizes=sizes, n=n: [fn(r, sizes) for r in range(n)], judge):
             return res.done(verbose)
     return res.done(verbose)
+
+
+def _column_major(rank, sizes):
+    out = []
+    for n in sizes:
+        out.append(rank % n)
+        rank //= n
+    return tuple(out)
+
+
+def _judge_mesh(got, sizes, want):
+    """The first wrong rank, and which usual mistake the whole mesh's answers show."""
+    k = len(sizes)
+    ints = []
+    for r, g in enumerate(got):
+        if g is None:
+            return f"rank {r}: returned None; return a tuple of {k} coordinates"
+        try:
+            ints.append(tuple(int(c) for c in g))
+        except (TypeError, ValueError):
+            return f"rank {r}: returned {g!r}; return a tuple of {k} integer coordinates"
+        if len(ints[-1]) != k:
+            return f"rank {r}: returned {len(ints[-1])} coordinates, expected {k} (one per dimension of {sizes})"
+    if ints == want:
+        return None
+    r = next(i for i, (g, w) in enumerate(zip(ints, want)) if g != w)
+    why = "row-major: the last dimension varies fastest"
+    if ints == [w[::-1] for w in want]:
+        why = "the right coordinates in reverse order: peeling sizes off from the end, reverse the list at the end"
+    elif ints == [_column_major(i, sizes) for i in range(len(ints))]:
+        why = "the first dimension varies fastest (column-major); row-major: the last dimension varies fastest"
+    elif ints == [tuple(i % n for n in sizes) for i in range(len(ints))] or \
+            ints == [tuple(i % n for n in reversed(sizes))[::-1] for i in range(len(ints))]:
+        why = "each coordinate is rank % n of the whole rank: divide (rank //= n) after taking each digit"
+    elif any(not 0 <= c < n for g in ints for c, n in zip(g, sizes)):
+        why = "a coordinate outside 0..size-1 of its dimension"
+    return f"rank {r}: got {ints[r]}, expected {want[r]} ({why})"
 
 
 def sp_reduce_scatter(fn, world_sizes=(1, 2, 3, 4), verbose=True):
@@ -100,21 +132,30 @@ def sp_reduce_scatter(fn, world_sizes=(1, 2, 3, 4), verbose=True):
 
             def judge(out, total=total, t=t, s=s):
                 n = s // t
+                calls = out[0][1]  # the collectives first: a wrong one explains wrong values too
+                if {k: v for k, v in calls.items() if k != "reduce_scatter"}:
+                    return f"called {calls}: g-bar needs exactly one reduce_scatter and nothing else"
+                if calls.get("reduce_scatter", 0) != 1:
+                    return f"called reduce_scatter {calls.get('reduce_scatter', 0)} times; exactly one is needed"
                 for r, (y, _) in enumerate(out):
                     if y is None:
                         return f"rank {r} returned None: return my tokens of the sum, (batch, seq/t, d)"
                     y = np.asarray(y)
                     want = total[:, r * n:(r + 1) * n]
                     if y.shape != want.shape:
-                        return f"rank {r}: shape {y.shape}, expected {want.shape} (batch, seq/t = {n}, d)"
+                        swapped = y.shape == (n, b, d) and (n, b) != (b, n)
+                        return (f"rank {r}: shape {y.shape}, expected {want.shape} (batch, seq/t = {n}, d)"
+                                + (": that is (seq/t, batch, d); swap the axes back, .swapaxes(0, 1)"
+                                   if swapped else ""))
                     if not np.allclose(y, want, rtol=1e-10, atol=1e-10):
+                        if np.allclose(y * t, want, rtol=1e-10, atol=1e-10):
+                            return (f"rank {r}: the mean of the partial outputs (the sum / {t}): "
+                                    f"g-bar sums them, op=\"sum\"")
+                        if np.allclose(y.reshape(-1), want.swapaxes(0, 1).reshape(-1), rtol=1e-10, atol=1e-10):
+                            return (f"rank {r}: the right numbers in the wrong layout: the (seq/t, batch, d) "
+                                    f"result was reshaped to (batch, seq/t, d); swap the axes, .swapaxes(0, 1)")
                         return (f"rank {r}: wrong values (max error {np.abs(y - want).max():.3g}); are the chunks "
                                 f"whole tokens, tokens {r * n}:{(r + 1) * n} of the sum?")
-                calls = out[0][1]
-                if {k: v for k, v in calls.items() if k != "reduce_scatter"}:
-                    return f"called {calls}: g-bar needs exactly one reduce_scatter and nothing else"
-                if calls.get("reduce_scatter", 0) != 1:
-                    return f"called reduce_scatter {calls.get('reduce_scatter', 0)} times; exactly one is needed"
                 return None
 
             if not try_case(res, f"t={t}, partial ({b}, {s}, {d})", lambda t=t, prog=prog: launch(prog, t), judge):

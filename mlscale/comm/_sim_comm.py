@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..collectives._p2p import MAX_TAG
 from ._sim_mail import _Rendezvous
 from ._sim_state import DONE
+from ..collectives._p2p import MAX_TAG
 from .base import ANY_SOURCE, Communicator, Request
 from .errors import CommError
 
@@ -21,17 +21,13 @@ def in_collective(label, seq, what):
     return f"{name} #{seq} (algorithm={algo!r}): {what}"
 
 
-class _InCollective:
-    """in_collective(...), formatted only when a message needs it (a deadlock or failure
-    report): building the text for every message of a collective would slow the sim."""
-
-    __slots__ = ("label", "seq", "fmt", "peer")
-
-    def __init__(self, label, seq, fmt, peer):
-        self.label, self.seq, self.fmt, self.peer = label, seq, fmt, peer
-
-    def __str__(self):
-        return in_collective(self.label, self.seq, self.fmt.format(self.peer))
+def _doing(comm, tag, plain, in_coll):
+    """What a rank waits in: ``plain`` (e.g. "recv(src=1, tag=0)") on a user tag; on the
+    collectives' tag, the collective and algorithm with ``in_coll`` ("recv(src=1)").
+    Called only when a report needs it."""
+    if tag < MAX_TAG:
+        return plain
+    return in_collective(comm._labels[-1] if comm._labels else "", comm._coll_seq, in_coll)
 
 
 class _SendRequest(Request):
@@ -49,27 +45,29 @@ class _SendRequest(Request):
 
 
 class _RecvRequest(Request):
-    __slots__ = ("comm", "src", "tag", "idx", "out", "done", "value")
+    __slots__ = ("comm", "src", "tag", "box", "idx", "out", "done", "value")
 
-    def __init__(self, comm, src, tag, idx, out):
-        self.comm, self.src, self.tag, self.idx, self.out = comm, src, tag, idx, out
+    def __init__(self, comm, src, tag, box, idx, out):
+        self.comm, self.src, self.tag, self.box, self.idx, self.out = comm, src, tag, box, idx, out
         self.done, self.value = False, None
+
+    def _what(self):
+        return _doing(self.comm, self.tag, f"irecv(src={self.src}, tag={self.tag}).wait()",
+                      f"irecv(src={self.src}).wait()")
 
     def wait(self):
         if not self.done:
             c = self.comm
-            self.value = c.sim.take(
-                c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
-                f"irecv(src={self.src}, tag={self.tag}).wait()" if self.tag < MAX_TAG
-                else _InCollective(c._label, c._coll_seq, "irecv(src={}).wait()", self.src),
-            )
+            self.value = c.sim.take(c._R, c.ctx, c.group[self.src], self.tag, self.idx, self.out, None,
+                                    self._what, self.box)
             self.done = True
         return self.value
 
     def test(self):
-        c = self.comm
-        item = c.sim._box(c.ctx, c.group[self.src], c._R.rank, self.tag).msgs.get(self.idx)
-        return self.done or (item is not None and item[0] <= c._R.clock)
+        if self.done:
+            return True
+        item = self.box.msgs.get(self.idx)
+        return item is not None and item[0] <= self.comm._R.clock
 
 
 class _TaskRequest(Request):
@@ -127,9 +125,9 @@ class SimComm(Communicator):
             self.sim.compute(self._R, nbytes * g, "reduce")
 
     def _send(self, buf, dst, tag):
-        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
-        self.sim.complete_send(self._R, end, f"send(dst={dst}, tag={tag})" if tag < MAX_TAG
-                               else _InCollective(self._label, self._coll_seq, "send(dst={})", dst))
+        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._labels[-1] if self._labels else "")
+        self.sim.complete_send(self._R, end,
+                               lambda: _doing(self, tag, f"send(dst={dst}, tag={tag})", f"send(dst={dst})"))
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
@@ -151,30 +149,62 @@ class SimComm(Communicator):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
         return _SendRequest(self.sim, self._R, end)
 
-    def _post_recv(self, src, tag):
-        return self.sim.post_recv(self._R, self.ctx, self.group[src], tag)
-
     def _recv(self, src, tag, out, timeout=None):
-        idx = self._post_recv(src, tag)
+        gsrc = self.group[src]
+        box, idx = self.sim.post_recv_box(self._R, self.ctx, gsrc, tag)
         deadline = None if timeout is None else self._R.clock + timeout
-        return self.sim.take(
-            self._R, self.ctx, self.group[src], tag, idx, out, deadline,
-            f"recv(src={src}, tag={tag})" if tag < MAX_TAG else _InCollective(self._label, self._coll_seq,
-                                                                               "recv(src={})", src))
+        return self.sim.take(self._R, self.ctx, gsrc, tag, idx, out, deadline,
+                             lambda: _doing(self, tag, f"recv(src={src}, tag={tag})", f"recv(src={src})"), box)
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
         """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``.
         ``src=ANY_SOURCE`` takes the matching message that arrives first in virtual time
         (ties: the lowest rank), as MPI takes the first to arrive, and returns only the
         array, as on MPI; ``recv_any`` also returns the source."""
-        if src == ANY_SOURCE and not isinstance(src, bool):
-            return self.recv_any(tag, out, timeout)[1]
-        src = self._check_peer(src, "src")
-        tag = self._check_tag(tag, _internal)
+        if type(src) is not int or not 0 <= src < self.world_size:
+            if src == ANY_SOURCE and type(src) is not bool:
+                return self.recv_any(tag, out, timeout)[1]
+            src = self._check_peer(src, "src")
+        if not _internal and (type(tag) is not int or not 0 <= tag < MAX_TAG):
+            tag = self._check_tag(tag)
         return self._recv(src, tag, out, timeout)
 
+    def send(self, x, dst, tag=0, _internal=False):
+        """Blocking send of array ``x`` to rank ``dst``. ``x`` may be reused on return
+        (the checks of Communicator.send, with the common case first: once per message)."""
+        if type(dst) is not int or not 0 <= dst < self.world_size:
+            dst = self._check_peer(dst, "dst")
+        if not _internal and (type(tag) is not int or not 0 <= tag < MAX_TAG):
+            tag = self._check_tag(tag)
+        buf = self._as_array(x, numeric=False)
+        self.nbytes_sent += buf.nbytes
+        self.messages_sent += 1
+        self._send(buf, dst, tag)
+
     def _irecv(self, src, tag, out):
-        return _RecvRequest(self, src, tag, self._post_recv(src, tag), out)
+        box, idx = self.sim.post_recv_box(self._R, self.ctx, self.group[src], tag)
+        return _RecvRequest(self, src, tag, box, idx, out)
+
+    # The collectives' own point-to-point calls (``_internal=True``, on the collective
+    # tag, to peers the algorithm computed) take a short path: no argument checks, no
+    # request objects; the same calls in the same order as the public path, so the same
+    # trace and bits.
+    def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False, _give=False):
+        if not _internal or not isinstance(x, np.ndarray):
+            return super().sendrecv(x, dst, src, tag, out, _internal, _give)
+        sim, R, group = self.sim, self._R, self.group
+        gsrc = group[src]
+        box, idx = sim.post_recv_box(R, self.ctx, gsrc, tag)
+        buf = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        self.nbytes_sent += buf.nbytes
+        self.messages_sent += 1
+        end = sim.post(R, self.ctx, group[dst], tag, buf, self._labels[-1] if self._labels else "", given=_give)
+        try:
+            return sim.take(R, self.ctx, gsrc, tag, idx, out, None,
+                            lambda: _doing(self, tag, f"irecv(src={src}, tag={tag}).wait()",
+                                           f"irecv(src={src}).wait()"), box)
+        finally:
+            sim.complete_send(R, end, "isend().wait()")
 
     def recv_any(self, tag=0, out=None, timeout=None):
         """Receive the first message to arrive from any rank: returns ``(src, array)``."""

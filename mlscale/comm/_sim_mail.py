@@ -14,6 +14,9 @@ from .errors import CommError, DeadlockError, RankFailure, TimeoutError
 from .trace import Message
 
 
+_NONE_WAITING = {}  # shared and never written: see _Box.waiting
+
+
 class _Box:
     """FIFO of messages on one (context, src, dst, tag): message k matches receive k."""
 
@@ -23,7 +26,8 @@ class _Box:
         self.msgs = {}  # k -> (arrival time, payload)
         self.nsent = 0
         self.nposted = 0
-        self.waiting = {}  # k -> _Rendezvous: sent above the eager limit, no receive posted yet
+        self.waiting = _NONE_WAITING  # k -> _Rendezvous: sent above the eager limit, no receive
+        # posted yet (a dict of its own only once the box has had one: most never do)
         self.posted_at = {}  # k -> time receive k was posted, while its message has not come
 
 
@@ -46,13 +50,32 @@ class Mailboxes:
         key = (ctx, src, dst, tag)
         box = self.boxes.get(key)
         if box is None:
+            if len(self.boxes) >= self.box_limit:
+                self._sweep_boxes()
             box = self.boxes[key] = _Box()
             self.by_dst.setdefault((ctx, dst, tag), {})[src] = box
         return box
 
+    def _sweep_boxes(self):
+        """Forget the boxes whose every message was received: the next message on such
+        a key starts a new box at 0 (matching is relative), so memory holds the
+        conversations in flight, not every (src, dst) pair a run ever used (a recursive
+        doubling at 16,384 ranks uses 229,376). Done when the table doubles: amortized O(1)."""
+        for key, box in list(self.boxes.items()):
+            if box.nsent == box.nposted and not box.msgs and not box.posted_at and not box.waiting:
+                ctx, src, dst, tag = key
+                del self.boxes[key]
+                peers = self.by_dst[(ctx, dst, tag)]
+                del peers[src]
+                if not peers:
+                    del self.by_dst[(ctx, dst, tag)]
+        self.box_limit = max(2 * len(self.boxes), 4 * self.world_size + 1024)
+
     def post(self, R, ctx, dst, tag, buf, label, given=False):
         """Put a message on the wire from R to global rank dst; return its arrival time."""
-        self._sync(R)
+        h = self.heap
+        if h and (h[0][0], h[0][1], h[0][2]) < (R.clock, _RESUME, R.eid):
+            self._yield(R)  # (Simulator._sync, inlined: this runs once per message)
         D = self.ranks[dst]
         if D.state == DEAD:
             raise RankFailure(
@@ -63,26 +86,31 @@ class Mailboxes:
         limit = self.net.eager_limit
         if limit is not None and nbytes > limit:
             return self._post_rendezvous(R, ctx, dst, tag, buf, label, given)
-        return self._transfer(R, R.clock, ctx, dst, tag, buf if given else self._snapshot(buf), label)
+        if not given:
+            buf = buf.copy() if nbytes < self.POOL_MIN else self._snapshot(buf)
+        return self._transfer(R, R.clock, ctx, dst, tag, buf, label)
 
     def _transfer(self, R, ready, ctx, dst, tag, payload, label, idx=None):
         """Move payload from R's rank to dst, starting no earlier than ``ready``, in the
         order of the ports; deliver it to the box as message ``idx`` (the next one if
         None). Returns the arrival time."""
         nbytes = payload.nbytes
-        start = max(ready, self.egress[R.rank], self.ingress[dst])
-        end = start + self.net.message_time(R.rank, dst, nbytes)
+        src, net = R.rank, self.net
+        start = max(ready, self.egress[src], self.ingress[dst])
+        end = start + net.message_time(src, dst, nbytes)
         if R.death is not None and end > R.death:  # dies mid-transfer: the message is lost
             self.advance(R, float(R.death))
-        self.egress[R.rank] = self.ingress[dst] = end
-        drop_at = self.net.drops.get((R.rank, dst)) if self.net.drops else None
-        dropped = drop_at is not None and start >= drop_at
+        self.egress[src] = self.ingress[dst] = end
+        dropped = False
+        if net.drops:
+            drop_at = net.drops.get((src, dst))
+            dropped = drop_at is not None and start >= drop_at
         if self.record:
-            self.trace.messages.append(Message(start, end, R.rank, dst, nbytes, tag, label, dropped))
+            self.trace.messages.append(Message(start, end, src, dst, nbytes, tag, label, dropped))
         if dropped:
-            self.ndropped[(R.rank, dst)] = self.ndropped.get((R.rank, dst), 0) + 1
+            self.ndropped[(src, dst)] = self.ndropped.get((src, dst), 0) + 1
             return end
-        box = self._box(ctx, R.rank, dst, tag)
+        box = self.boxes.get((ctx, src, dst, tag)) or self._box(ctx, src, dst, tag)
         if idx is None:
             idx = box.nsent
             box.nsent += 1
@@ -101,6 +129,8 @@ class Mailboxes:
         if idx in box.posted_at:  # the receive is already there
             self._match(box, idx, rdv, box.posted_at[idx])
         else:
+            if box.waiting is _NONE_WAITING:
+                box.waiting = {}
             box.waiting[idx] = rdv
         return rdv
 
@@ -113,7 +143,11 @@ class Mailboxes:
 
     def post_recv(self, R, ctx, src, tag):
         """Post receive number k on (ctx, src -> R, tag); returns k."""
-        box = self._box(ctx, src, R.rank, tag)
+        return self.post_recv_box(R, ctx, src, tag)[1]
+
+    def post_recv_box(self, R, ctx, src, tag):
+        """Post receive number k on (ctx, src -> R, tag); returns (its box, k)."""
+        box = self.boxes.get((ctx, src, R.rank, tag)) or self._box(ctx, src, R.rank, tag)
         idx = box.nposted
         box.nposted += 1
         rdv = box.waiting.get(idx)
@@ -121,11 +155,14 @@ class Mailboxes:
             self._match(box, idx, rdv, R.clock)
         elif idx not in box.msgs:
             box.posted_at[idx] = R.clock
-        return idx
+        return box, idx
 
     def complete_send(self, R, handle, what):
-        """A blocking send or isend().wait(): R's clock moves to the end of the transfer."""
+        """A blocking send or isend().wait(): R's clock moves to the end of the transfer.
+        ``what``: a string, or a function giving one (said only if the send must wait)."""
         if isinstance(handle, _Rendezvous):
+            if not isinstance(what, str):
+                what = what()
             while handle.end is None:
                 if self.ranks[handle.dst].state == DEAD:
                     raise RankFailure(f"rank {R.rank}: {what}: rank {handle.dst} died", failed_rank=handle.dst)
@@ -159,15 +196,20 @@ class Mailboxes:
             if len(free) < self.POOL_MAX_PER_SIZE:
                 free.append(raw)
 
-    def take(self, R, ctx, src, tag, idx, out, deadline, what):
-        """Complete receive number ``idx`` on (ctx, src -> R, tag)."""
-        box = self._box(ctx, src, R.rank, tag)
+    def take(self, R, ctx, src, tag, idx, out, deadline, what, box=None):
+        """Complete receive number ``idx`` on (ctx, src -> R, tag) (in ``box`` if the
+        caller kept it from post_recv_box). ``what``: a string or a function giving
+        one, said only if the receive has to wait."""
+        if box is None:
+            box = self._box(ctx, src, R.rank, tag)
         while True:
             item = box.msgs.get(idx)
             if item is not None and (deadline is None or item[0] <= deadline):
                 del box.msgs[idx]
                 self.advance(R, item[0])
                 return self._deliver(item[1], out, R.rank, src, tag)
+            if not isinstance(what, str):
+                what = what()
             S = self.ranks[src]
             if item is None and S.state == DEAD:
                 self.advance(R, S.died_at)

@@ -135,6 +135,8 @@ class Communicator:
         return f"rank {self.rank} of {self.world_size} ({self.backend})"
 
     def _check_peer(self, peer, what):
+        if type(peer) is int and 0 <= peer < self.world_size:  # the common case, first
+            return peer
         if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)) or not (0 <= peer < self.world_size):
             raise CommError(
                 f"{self._describe()}: {what}={peer!r} is not a rank of this communicator; "
@@ -143,7 +145,7 @@ class Communicator:
         return int(peer)
 
     def _check_tag(self, tag, internal=False):
-        if internal:
+        if internal or (type(tag) is int and 0 <= tag < MAX_TAG):
             return tag
         if not isinstance(tag, (int, np.integer)) or not (0 <= tag < MAX_TAG):
             raise CommError(f"{self._describe()}: tag={tag!r} must be an int in [0, {MAX_TAG})")
@@ -152,6 +154,8 @@ class Communicator:
     def _as_array(self, x, what="x", numeric=True):
         """x as an array of the engine; collectives need numbers, a send any fixed-size
         dtype (strings and bytes travel as bytes; object arrays hold pointers, never)."""
+        if type(x) is np.ndarray and x.flags.c_contiguous and x.dtype.kind in ("biufc" if numeric else "biufcSUmMV"):
+            return x  # the common case, first
         xp = get_xp(x) if hasattr(x, "dtype") else self.xp
         a = xp.asarray(x)
         # collectives: no strings, bytes, datetimes or void (no sum or max of those)

@@ -1,0 +1,154 @@
+"""mlscale bench sim: how far the sim engine scales, against the targets of issue 9.
+
+    mlscale bench sim                 # all cases (about a minute and a half on 2 cores)
+    mlscale bench sim --quick         # smaller world sizes (a smoke test)
+    mlscale bench sim --out sim.md
+
+Each case runs in a fresh Python process (so its peak memory is its own)
+and checks its answer (the sum of the ranks) before it reports a time.
+
+1. ``all_reduce`` of 16 float32 with the default algorithm (recursive doubling for a
+   message this small), argument checks on (the cross-rank agreement of shapes, dtypes,
+   ops: ``comm.check``), 1,024 to 16,384 ranks; and 16,384 with checks off. Wall time,
+   CPU time, peak RSS of the process (``ru_maxrss``), messages, CPU time per message.
+   Target: 16,384 ranks with checks on in under 5 s and under 1 GB.
+2. ``ring`` all-reduce of 16 float32 at 8 to 1,024 ranks (2(p-1) steps of p messages):
+   CPU time per message, and its ratio to 8 ranks. Target: within 1.5x at 1,024 ranks
+   (the scheduler's cost per message flat in p).
+3. Two ranks: a ping-pong of blocking ``send``/``recv`` (the public, checked path) and
+   an ``all_reduce`` (two messages each): CPU time per message. Target: under 5 us.
+
+CPU time (``time.process_time``) is what is compared: on a shared machine it moves less
+than the wall time; both are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from . import Report, machine
+
+TARGETS = {"big_s": 5.0, "big_mb": 1024, "flat": 1.5, "two_us": 5.0}
+
+
+# ---------------------------------------------------------------- what runs in the child
+def _ar(comm, algorithm, reps, check):
+    import numpy as np
+
+    comm.check = check
+    x = np.full(16, float(comm.rank), dtype=np.float32)
+    for _ in range(reps):
+        y = comm.all_reduce(x, algorithm=algorithm)
+    return float(y[0])
+
+
+def _pingpong(comm, n):
+    import numpy as np
+
+    x = np.zeros(16, np.float32)
+    other = 1 - comm.rank
+    for _ in range(n):
+        if comm.rank == 0:
+            comm.send(x, other)
+            comm.recv(other)
+        else:
+            comm.recv(other)
+            comm.send(x, other)
+    return n
+
+
+def _case(kind, p, reps, check):
+    """Run one case here; returns what the parent prints."""
+    import resource
+    import time
+
+    from ..comm.launch import launch
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    if kind == "pingpong":
+        res = launch(_pingpong, 2, args=(reps,), backend="sim")
+        ok = res == [reps, reps]
+    else:
+        res = launch(_ar, p, args=(None if kind == "allreduce" else kind, reps, check), backend="sim")
+        ok = all(v == p * (p - 1) / 2 for v in res)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not ok:
+        raise RuntimeError(f"bench sim: {kind} on {p} ranks gave a wrong sum")
+    return {"wall": wall, "cpu": cpu, "msgs": len(res.trace.messages),
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _run(kind, p, reps=1, check=True, timeout=600):
+    cmd = [sys.executable, "-m", "mlscale.bench.sim", "--case", kind, str(p), str(reps), str(int(check))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"bench sim: {' '.join(cmd[2:])} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the report
+def _us(r):
+    return 1e6 * r["cpu"] / r["msgs"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="mlscale bench sim", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller world sizes: a smoke test")
+    ap.add_argument("--out", help="also write the markdown tables to this file")
+    ap.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # the child process
+    ns = ap.parse_args(argv)
+    if ns.case:
+        kind, p, reps, check = ns.case
+        print(json.dumps(_case(kind, int(p), int(reps), bool(int(check)))))
+        return 0
+    rep = Report()
+    cmd = "mlscale bench sim" + (" " + " ".join(argv) if argv else "")
+    rep.add(f"Command: `{cmd}`  \nMachine: {machine()}\n")
+
+    big = [1024, 4096] if ns.quick else [1024, 4096, 16384]
+    rows = []
+    for p in big:
+        for check in ((True, False) if p == big[-1] else (True,)):
+            r = _run("allreduce", p, check=check)
+            verdict = ""
+            if p == 16384 and check:
+                good = r["wall"] < TARGETS["big_s"] and r["rss_mb"] < TARGETS["big_mb"]
+                verdict = "meets" if good else "misses"
+            rows.append([f"{p:,}", "on" if check else "off", f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
+                         f"{r['rss_mb']:.0f}", f"{r['msgs']:,}", f"{_us(r):.1f}", verdict])
+    rep.table(["ranks", "checks", "wall s", "cpu s", "peak RSS MB", "messages", "cpu us / message",
+               "target (< 5 s, < 1 GB)"], rows, align="rlrrrrrl",
+              title="all_reduce of 16 float32, default algorithm, one process per row")
+
+    ring = [8, 64, 256] if ns.quick else [8, 64, 256, 1024]
+    rows, base = [], None
+    for p in ring:
+        reps = max(1, 20000 // (2 * (p - 1) * p))
+        r = _run("ring", p, reps)
+        base = base or _us(r)
+        ratio = _us(r) / base
+        verdict = ("meets" if ratio <= TARGETS["flat"] else "misses") if p == 1024 else ""
+        rows.append([f"{p:,}", str(reps), f"{r['msgs']:,}", f"{r['wall']:.2f}", f"{_us(r):.1f}",
+                     f"{ratio:.2f}", verdict])
+    rep.table(["ranks", "all-reduces", "messages", "wall s", "cpu us / message", "vs 8 ranks",
+               "target (<= 1.5x)"], rows, align="rrrrrrl",
+              title="ring all_reduce of 16 float32: the scheduler's cost per message against p")
+
+    rows = []
+    n = 5000 if ns.quick else 20000
+    for label, r in (("send/recv ping-pong", _run("pingpong", 2, n)),
+                     ("all_reduce (2 messages each)", _run("recursive_doubling", 2, n // 2))):
+        us = _us(r)
+        rows.append([label, f"{r['msgs']:,}", f"{r['wall']:.2f}", f"{us:.1f}",
+                     "meets" if us < TARGETS["two_us"] else "misses"])
+    rep.table(["what", "messages", "wall s", "cpu us / message", "target (< 5 us)"], rows, align="lrrrl",
+              title="two ranks: the cost of one message")
+    if ns.out:
+        rep.write(ns.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
