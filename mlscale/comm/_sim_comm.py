@@ -6,8 +6,28 @@ import numpy as np
 from ._sim_mail import _Rendezvous
 from ._sim_state import DONE
 from ..collectives._p2p import MAX_TAG
-from .base import Communicator, Request
+from .base import ANY_SOURCE, Communicator, Request
 from .errors import CommError
+
+
+def in_collective(label, seq, what):
+    """``what`` (e.g. "recv(src=1)") said as the collective it is part of, for messages
+    on the collectives' internal tag: "all_reduce #3 (algorithm='ring'): recv(src=1)"."""
+    name, _, algo = label.partition("/")
+    if not name:
+        return f"a collective's {what}"
+    if not algo:  # barrier (not numbered)
+        return f"{name}: {what}"
+    return f"{name} #{seq} (algorithm={algo!r}): {what}"
+
+
+def _doing(comm, tag, plain, in_coll):
+    """What a rank waits in: ``plain`` (e.g. "recv(src=1, tag=0)") on a user tag; on the
+    collectives' tag, the collective and algorithm with ``in_coll`` ("recv(src=1)").
+    Called only when a report needs it."""
+    if tag < MAX_TAG:
+        return plain
+    return in_collective(comm._labels[-1] if comm._labels else "", comm._coll_seq, in_coll)
 
 
 class _SendRequest(Request):
@@ -32,7 +52,8 @@ class _RecvRequest(Request):
         self.done, self.value = False, None
 
     def _what(self):
-        return f"irecv(src={self.src}, tag={self.tag}).wait()"
+        return _doing(self.comm, self.tag, f"irecv(src={self.src}, tag={self.tag}).wait()",
+                      f"irecv(src={self.src}).wait()")
 
     def wait(self):
         if not self.done:
@@ -105,7 +126,8 @@ class SimComm(Communicator):
 
     def _send(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._labels[-1] if self._labels else "")
-        self.sim.complete_send(self._R, end, lambda: f"send(dst={dst}, tag={tag})")
+        self.sim.complete_send(self._R, end,
+                               lambda: _doing(self, tag, f"send(dst={dst}, tag={tag})", f"send(dst={dst})"))
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
@@ -132,11 +154,16 @@ class SimComm(Communicator):
         box, idx = self.sim.post_recv_box(self._R, self.ctx, gsrc, tag)
         deadline = None if timeout is None else self._R.clock + timeout
         return self.sim.take(self._R, self.ctx, gsrc, tag, idx, out, deadline,
-                             lambda: f"recv(src={src}, tag={tag})", box)
+                             lambda: _doing(self, tag, f"recv(src={src}, tag={tag})", f"recv(src={src})"), box)
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
-        """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``."""
+        """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``.
+        ``src=ANY_SOURCE`` takes the matching message that arrives first in virtual time
+        (ties: the lowest rank), as MPI takes the first to arrive, and returns only the
+        array, as on MPI; ``recv_any`` also returns the source."""
         if type(src) is not int or not 0 <= src < self.world_size:
+            if src == ANY_SOURCE and type(src) is not bool:
+                return self.recv_any(tag, out, timeout)[1]
             src = self._check_peer(src, "src")
         if not _internal and (type(tag) is not int or not 0 <= tag < MAX_TAG):
             tag = self._check_tag(tag)
@@ -174,7 +201,8 @@ class SimComm(Communicator):
         end = sim.post(R, self.ctx, group[dst], tag, buf, self._labels[-1] if self._labels else "", given=_give)
         try:
             return sim.take(R, self.ctx, gsrc, tag, idx, out, None,
-                            lambda: f"irecv(src={src}, tag={tag}).wait()", box)
+                            lambda: _doing(self, tag, f"irecv(src={src}, tag={tag}).wait()",
+                                           f"irecv(src={src}).wait()"), box)
         finally:
             sim.complete_send(R, end, "isend().wait()")
 

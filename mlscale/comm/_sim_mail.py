@@ -79,7 +79,7 @@ class Mailboxes:
         D = self.ranks[dst]
         if D.state == DEAD:
             raise RankFailure(
-                f"rank {R.rank} sent to rank {dst} (tag {tag}), which died at t={D.died_at:.6g} s",
+                f"rank {R.rank} sent to rank {dst} ({_on_tag(tag, label)}), which died at t={D.died_at:.6g} s",
                 failed_rank=dst,
             )
         nbytes = buf.nbytes
@@ -255,7 +255,9 @@ class Mailboxes:
             if deadline is not None and self.now >= deadline:
                 self.advance(R, deadline)
                 raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
-            if all(Q.state in (DEAD, DONE) for Q in self.ranks if Q.rank != R.rank):
+            # (with a timeout it waits for it: a rank that finished later in virtual time was
+            # still running then)
+            if deadline is None and all(Q.state in (DEAD, DONE) for Q in self.ranks if Q.rank != R.rank):
                 raise DeadlockError(f"rank {R.rank} waits in {what} but every other rank has finished or died")
             self._block(R, what, deadline)
 
@@ -270,3 +272,13 @@ class Mailboxes:
         out[...] = payload
         self.recycle(payload)
         return out
+
+
+def _on_tag(tag, label):
+    """The tag of a message, or the collective it belongs to (the collectives' internal tag)."""
+    from ..collectives._p2p import MAX_TAG
+
+    if tag < MAX_TAG:
+        return f"tag {tag}"
+    name, _, algo = label.partition("/")
+    return f"in {name} (algorithm={algo!r})" if algo else f"in {name or 'a collective'}"

@@ -32,13 +32,20 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     device   "cpu" or "gpu" (sim with "gpu": every rank's arrays are CuPy arrays on the
              one GPU of this machine; "N logical GPUs on one device")
     network  a ``NetworkModel`` (sim only)
-    timeout  wall-clock seconds for the whole run (sim: checked at every scheduler switch,
-             so a rank spinning in Python without communicating is not interrupted).
+    timeout  wall-clock seconds for the whole run. sim, called from the main thread: a
+             SIGALRM timer raises TimeoutError inside the rank running when the time is up
+             (even one spinning in pure Python or in time.sleep), naming that rank; the
+             previous SIGALRM handler and timer are restored afterwards. sim off the main
+             thread or without SIGALRM (Windows): checked only at scheduler switches, so a
+             rank spinning in Python without communicating is not interrupted there.
              mpi/nccl with timeout=None: 300 s, or $MLSCALE_MPI_TIMEOUT seconds ("none": no
              limit), as torch's NCCL watchdog ends a job stuck in a collective; on timeout
              the error says what each rank was waiting in. Sooner than that, a DeadlockError
              ends an mpi/nccl run once a rank has waited 3 s on a rank that had returned,
              or every running rank has waited 9 s on the others ($MLSCALE_MPI_DEADLOCK=3)
+             sim, when several ranks raise: the exception of the earliest failure in virtual
+             time is raised (ties: the first to raise), with a note listing every other rank
+             that raised; once a rank raises at virtual time t, only ranks behind t still run
     mpiexec_args  extra mpiexec arguments for mpi/nccl runs, e.g. ``["-f", "hosts"]``
              (MPICH) to spread the ranks over the machines of a hostfile
     """

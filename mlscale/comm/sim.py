@@ -24,6 +24,7 @@ import time
 import greenlet
 import numpy as np
 
+from ._sim_fail import Alarm, combined_failure
 from ._sim_mail import Mailboxes
 from ._sim_state import _DIE, _RESUME, BLOCKED, DEAD, DONE, READY, RUNNING, _Killed, _RankState
 from .errors import CommError, DeadlockError, RankFailure, TimeoutError
@@ -76,7 +77,8 @@ class Simulator(Mailboxes):
         old = gc.get_threshold()
         gc.set_threshold(*(max(a, b) for a, b in zip(old, self.GC_THRESHOLD)))
         try:
-            return self._run(fn, args, timeout)
+            with Alarm(self, timeout):  # SIGALRM in the main thread: a spinning or sleeping rank is stopped too
+                return self._run(fn, args, timeout)
         finally:
             gc.set_threshold(*old)
 
@@ -94,7 +96,11 @@ class Simulator(Mailboxes):
         heap = self.heap
         deadline = None if timeout is None else time.perf_counter() + timeout
         n = 0
+        failures = []  # (rank, virtual time) of ranks that raised
+        until = float("inf")  # after a failure, ranks behind it in virtual time still run
         while heap:
+            if heap[0][0] > until:
+                break
             n += 1
             if deadline is not None and not n & 255 and time.perf_counter() > deadline:
                 err = TimeoutError(f"the simulation ran past launch(timeout={timeout}) wall-clock seconds at "
@@ -121,13 +127,13 @@ class Simulator(Mailboxes):
             R.glet.switch()
             self.current = None
             if R.exc is not None:
-                self._abort()
-                if isinstance(R.exc, SystemExit):  # never end the caller's script silently
-                    raise CommError(
-                        f"rank {R.rank} of {self.world_size} called sys.exit({R.exc.code!r}) (sim engine); "
-                        "return from the rank's function instead, or raise an exception"
-                    ) from R.exc
-                raise _with_rank(R.exc, R.rank, self.world_size)
+                failures.append((R, R.clock))
+                # past the wall-clock limit: stop now; else let ranks behind it in virtual time run
+                late = getattr(self, "timed_out", False) or deadline is not None and time.perf_counter() > deadline
+                until = -1.0 if late else min(until, R.clock)
+        if failures:
+            self._abort()
+            raise combined_failure(failures, self.world_size)
         blocked = [R for R in self.entities if R.state == BLOCKED]
         if blocked:
             err = DeadlockError(self._deadlock_message(blocked))
@@ -367,14 +373,6 @@ def _mismatch_message(comm, other, theirs, mine):
     )
 
 
-
-
-def _with_rank(exc, rank, world_size):
-    note = f"(raised on rank {rank} of {world_size}, sim engine)"
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    exc.rank = rank
-    return exc
 
 
 def __getattr__(name):  # SimComm lives in _sim_comm; keep mlscale.comm.sim.SimComm working
