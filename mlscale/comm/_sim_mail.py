@@ -17,6 +17,12 @@ from .trace import Message
 _NONE_WAITING = {}  # shared and never written: see _Box.waiting
 
 
+def said(what):
+    """What a rank waits in: the text, or the function that makes it (made only when a
+    report or an error needs it, not every time a rank waits)."""
+    return what() if callable(what) else str(what)
+
+
 class _Box:
     """FIFO of messages on one (context, src, dst, tag): message k matches receive k."""
 
@@ -53,7 +59,8 @@ class Mailboxes:
             if len(self.boxes) >= self.box_limit:
                 self._sweep_boxes()
             box = self.boxes[key] = _Box()
-            self.by_dst.setdefault((ctx, dst, tag), {})[src] = box
+            if self.by_dst is not None:
+                self.by_dst.setdefault((ctx, dst, tag), {})[src] = box
         return box
 
     def _sweep_boxes(self):
@@ -65,10 +72,11 @@ class Mailboxes:
             if box.nsent == box.nposted and not box.msgs and not box.posted_at and not box.waiting:
                 ctx, src, dst, tag = key
                 del self.boxes[key]
-                peers = self.by_dst[(ctx, dst, tag)]
-                del peers[src]
-                if not peers:
-                    del self.by_dst[(ctx, dst, tag)]
+                if self.by_dst is not None:
+                    peers = self.by_dst[(ctx, dst, tag)]
+                    del peers[src]
+                    if not peers:
+                        del self.by_dst[(ctx, dst, tag)]
         self.box_limit = max(2 * len(self.boxes), 4 * self.world_size + 1024)
 
     def post(self, R, ctx, dst, tag, buf, label, given=False):
@@ -208,13 +216,11 @@ class Mailboxes:
                 del box.msgs[idx]
                 self.advance(R, item[0])
                 return self._deliver(item[1], out, R.rank, src, tag)
-            if not isinstance(what, str):
-                what = what()
             S = self.ranks[src]
             if item is None and S.state == DEAD:
                 self.advance(R, S.died_at)
                 raise RankFailure(
-                    f"rank {R.rank} waited in {what}: rank {src} died at t={S.died_at:.6g} s "
+                    f"rank {R.rank} waited in {said(what)}: rank {src} died at t={S.died_at:.6g} s "
                     "before sending it", failed_rank=src,
                 )
             if deadline is not None and (self.now >= deadline or (item is not None)):
@@ -222,14 +228,18 @@ class Mailboxes:
                 if box.nposted == idx + 1 and item is None:
                     box.nposted = idx  # cancel the receive, as MPI_Cancel would
                     box.posted_at.pop(idx, None)
-                raise TimeoutError(f"rank {R.rank}: {what} timed out at t={deadline:.6g} s")
-            self._block(R, what, deadline)
+                raise TimeoutError(f"rank {R.rank}: {said(what)} timed out at t={deadline:.6g} s")
+            self._block(R, what, deadline)  # (the text is made only if a report needs it)
 
     def take_any(self, R, ctx, tag, out, deadline):
         """Receive the earliest-arriving message from any source (MPI_ANY_SOURCE)."""
         what = f"recv_any(tag={tag})"
         while True:
             best = None
+            if self.by_dst is None:  # the first receive from any source: index the boxes by receiver
+                self.by_dst = {}
+                for (c, src_, dst_, t), b in self.boxes.items():
+                    self.by_dst.setdefault((c, dst_, t), {})[src_] = b
             for src, box in self.by_dst.get((ctx, R.rank, tag), {}).items():
                 item = box.msgs.get(box.nposted)
                 if item is None and box.nposted in box.waiting:  # a rendezvous send: match it now

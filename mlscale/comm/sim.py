@@ -25,7 +25,7 @@ import greenlet
 import numpy as np
 
 from ._sim_fail import Alarm, combined_failure
-from ._sim_mail import Mailboxes
+from ._sim_mail import Mailboxes, said
 from ._sim_state import _DIE, _RESUME, BLOCKED, DEAD, DONE, READY, RUNNING, _Killed, _RankState
 from .errors import CommError, DeadlockError, RankFailure, TimeoutError
 from .network import NetworkModel
@@ -56,7 +56,7 @@ class Simulator(Mailboxes):
         self.ingress = [0.0] * world_size  # time its incoming port is free
         self.boxes = {}
         self.box_limit = 4 * world_size + 1024  # then drained boxes are swept (_sweep_boxes)
-        self.by_dst = {}  # (ctx, dst, tag) -> {src: box}, for recv_any
+        self.by_dst = None  # (ctx, dst, tag) -> {src: box}, for recv_any: built on its first use
         self.boards = {}  # (ctx, seq) -> {local rank: (sig, extra)}
         self.agreed = {}  # (ctx, seq) -> [extras], [readers left]
         self.now = 0.0
@@ -166,7 +166,7 @@ class Simulator(Mailboxes):
         lines = [f"deadlock at t={self.now:.6g} s: every live rank waits and no message can arrive"]
         for R in self.entities:
             if R.state == BLOCKED:
-                lines.append(f"  {R.name} (t={R.clock:.6g} s) waits in {R.waiting}")
+                lines.append(f"  {R.name} (t={R.clock:.6g} s) waits in {said(R.waiting)}")
             elif R.eid >= self.world_size:
                 continue
             elif R.state == DEAD:
