@@ -37,6 +37,16 @@ class Layer:
     def backward(self, dout):
         return dout
 
+    # Zero-bubble pipelines (Qi et al. 2024) split a backward in two: B, the gradient of
+    # the input (the stage before waits for it), and W, that of the weights (nobody waits).
+    # A layer that does not split does all of it in B.
+    def backward_input(self, dout):
+        """B: d loss / d input (and, for a layer that does not split, its weight grads)."""
+        return self.backward(dout)
+
+    def backward_weight(self, dout):
+        """W: add d loss / d weights for the ``dout`` given to backward_input."""
+
     def flops_per_sample(self, backward=True):
         """Floating point operations for one sample (forward, plus backward if asked)."""
         return 0
@@ -93,6 +103,18 @@ class Linear(Layer):
         if self.bias:
             self.grads["bias"] += dout.sum(axis=0)  # (out_features,)
         return dout @ w.T  # (batch, in_features)
+
+    def backward_input(self, dout):
+        """B of a zero-bubble pipeline: dx = dout W^T only."""
+        if self._x is None:
+            raise RuntimeError("Linear.backward_input called before forward")
+        return dout @ self.params["weight"].T
+
+    def backward_weight(self, dout):
+        """W of a zero-bubble pipeline: dW += x^T dout, db += sum(dout)."""
+        self.grads["weight"] += self._x.T @ dout
+        if self.bias:
+            self.grads["bias"] += dout.sum(axis=0)
 
     def flops_per_sample(self, backward=True):
         mac = self.in_features * self.out_features

@@ -6,6 +6,8 @@ communication beside the math).
 - pipeline parallel (GPipe, Huang et al. 2019; 1F1B, Narayanan et al. 2021):
   ``pipeline.py`` (stages, the runtime) and ``pp_schedule.py`` (schedules as pure data,
   bubble fraction, Gantt charts), ``pp_comm.py`` (send/recv between neighbour stages);
+  interleaved 1F1B and ZB-H1 (Megatron-LM 2021; Qi et al. 2024): ``pp_modern.py`` (the
+  schedules, their player and formulas) and ``pp_train.py`` (training with any schedule);
 - 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
@@ -19,6 +21,9 @@ from .pp_comm import PipeComm  # noqa: F401
 from .pp_schedule import (SCHEDULES, Slot, bubble_fraction, gpipe_schedule, makespan,  # noqa: F401
                           measured_bubble, one_f_one_b_schedule, peak_in_flight, play, plot_schedule,
                           stage_ops, timeline)
+from .pp_modern import (VSlot, interleaved_makespan, interleaved_schedule, peak_activations,  # noqa: F401
+                        run_on_sim, zb_h1_makespan, zb_h1_schedule)
+from .pp_train import ScheduledPipeline  # noqa: F401
 from .tensor import (ColumnParallelLinear, NaiveParallelMLP, ParallelMLP, RowParallelLinear,  # noqa: F401
                      split_like)
 from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_nbytes,  # noqa: F401
@@ -41,6 +46,8 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "PipelineParallel", "PipelineStage", "partition_layers", "PipeComm",
            "SCHEDULES", "Slot", "gpipe_schedule", "one_f_one_b_schedule", "stage_ops", "timeline", "play",
            "makespan", "bubble_fraction", "measured_bubble", "peak_in_flight", "plot_schedule",
+           "VSlot", "interleaved_schedule", "zb_h1_schedule", "interleaved_makespan", "zb_h1_makespan",
+           "peak_activations", "run_on_sim", "ScheduledPipeline",
            "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
            "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
            "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",

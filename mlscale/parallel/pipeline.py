@@ -73,6 +73,7 @@ class PipelineStage:
         self.peak_in_flight = 0
         self.stash_bytes = self.peak_stash_bytes = 0
         self._bytes = {}
+        self._pending_w = {}  # microbatch -> [(layer copy, its d(output))]: B done, W not yet
 
     def forward(self, x, microbatch):
         """Run my layers on micro-batch ``microbatch``; keep its activations for backward."""
@@ -99,6 +100,29 @@ class PipelineStage:
             dout = c.backward(dout)
         self.stash_bytes -= self._bytes.pop(microbatch)
         return dout
+
+    def backward_input(self, dout, microbatch):
+        """B of a zero-bubble schedule: d(input) of ``microbatch`` only; its activations
+        stay stashed, with each layer's d(output), until :meth:`backward_weight`."""
+        if microbatch not in self.stash:
+            raise RuntimeError(f"stage {self.stage}: backward of micro-batch {microbatch} before its forward")
+        if microbatch in self._pending_w:
+            raise RuntimeError(f"stage {self.stage}: backward of micro-batch {microbatch} twice")
+        keep = []
+        for c in reversed(self.stash[microbatch]):
+            keep.append((c, dout))
+            dout = c.backward_input(dout)
+        self._pending_w[microbatch] = keep
+        return dout
+
+    def backward_weight(self, microbatch):
+        """W of a zero-bubble schedule: ADD the weight grads of ``microbatch``; frees its stash."""
+        if microbatch not in self._pending_w:
+            raise RuntimeError(f"stage {self.stage}: W of micro-batch {microbatch} before its B")
+        for c, dout in self._pending_w.pop(microbatch):
+            c.backward_weight(dout)
+        del self.stash[microbatch]
+        self.stash_bytes -= self._bytes.pop(microbatch)
 
     def flops(self, n, backward):
         f = sum(layer.flops_per_sample(backward=False) for layer in self.layers)

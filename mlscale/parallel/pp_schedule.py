@@ -159,7 +159,7 @@ def plot_schedule(slots, ax=None, title=None, num_stages=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 2.4))
     p = num_stages or (max(s.stage for s in slots) + 1)
-    colors = {"F": "#9ecae1", "B": "#3182bd"}
+    colors = {"F": "#9ecae1", "B": "#3182bd", "W": "#31a354"}  # W: a zero-bubble schedule's weight grads
     for s in slots:
         ax.barh(s.stage, s.end - s.start, left=s.start, color=colors[s.op], edgecolor="k", linewidth=0.5)
         ax.text((s.start + s.end) / 2, s.stage, f"{s.microbatch}", ha="center", va="center", fontsize=7,
