@@ -321,21 +321,43 @@ class Communicator:
         self._check_out("broadcast", out)
         return _into(out, self._run("broadcast", fn, x, root))
 
-    def reduce(self, x, root=0, op="sum", algorithm=None):
-        """op over all ranks' ``x``, delivered to ``root``; other ranks get None."""
+    def reduce(self, x, root=0, op="sum", algorithm=None, out=None):
+        """op over all ranks' ``x``, delivered to ``root`` (into ``out`` if given: as
+        MPI's recvbuf, it matters only at the root); other ranks get None."""
         x = self._as_array(x)
         fn, _ = self._collective("reduce", x, op, algorithm, root)
-        return self._run("reduce", fn, x, root, op)
+        self._check_out("reduce", out)
+        y = self._run("reduce", fn, x, root, op)
+        return None if y is None else _into(out, y)
 
-    def gather(self, x, root=0, algorithm=None):
-        """``root`` gets the list of every rank's ``x`` (shapes may differ); others get None."""
+    def gather(self, x, root=0, algorithm=None, out=None):
+        """``root`` gets the list of every rank's ``x`` (shapes may differ); others get None.
+        ``out``: at the root, an array of shape (world_size, *x.shape) to stack them into
+        (then every rank must pass the same shape), returned instead of the list."""
         x = self._as_array(x)
         fn, _ = self._collective("gather", x, None, algorithm, root, shape_key=("any",))
-        return self._run("gather", fn, x, root)
+        self._check_out("gather", out)
+        got = self._run("gather", fn, x, root)
+        if got is None or out is None:
+            return got
+        shapes = sorted({tuple(a.shape) for a in got})
+        want = (self.world_size,) + (shapes[0] if len(shapes) == 1 else tuple(x.shape))
+        if len(shapes) != 1 or tuple(out.shape) != want or out.dtype != got[0].dtype:
+            raise CommError(
+                f"{self._describe()}: gather(out=...) stacks the pieces: out= must be {want} "
+                f"{got[0].dtype} and every rank's x the same shape; got out= {tuple(out.shape)} {out.dtype} "
+                f"and pieces of shapes {shapes}. Pass no out= to get the list")
+        for r, a in enumerate(got):
+            out[r] = a
+        return out
 
-    def scatter(self, xs, root=0, algorithm=None):
-        """``root`` passes a list of ``world_size`` arrays; rank r gets ``xs[r]``.
-        Other ranks pass None."""
+    def scatter(self, xs, root=0, algorithm=None, out=None):
+        """``root`` passes a list of ``world_size`` arrays; rank r gets ``xs[r]`` (into
+        ``out`` if given, of that piece's shape and dtype). Other ranks pass None."""
+        self._check_out("scatter", out)
+        return _into(out, self._scatter(xs, root, algorithm))
+
+    def _scatter(self, xs, root, algorithm):
         root = self._check_peer(root, "root")
         if self.rank == root:
             if xs is None or len(xs) != self.world_size:
