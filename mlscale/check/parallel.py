@@ -58,7 +58,8 @@ def gpipe_schedule_solution(num_stages, num_microbatches):
 class _CountingComm:
     """The rank's communicator, counting the collectives the learner calls."""
 
-    COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "gather", "scatter")
+    COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "gather", "scatter",
+                   "all_to_all", "all_to_all_v", "alltoall")
 
     def __init__(self, comm):
         self._comm = comm
