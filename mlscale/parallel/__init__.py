@@ -23,7 +23,7 @@ from .pp_schedule import (SCHEDULES, Slot, bubble_fraction, gpipe_schedule, make
                           stage_ops, timeline)
 from .pp_modern import (VSlot, interleaved_makespan, interleaved_schedule, peak_activations,  # noqa: F401
                         run_on_sim, zb_h1_makespan, zb_h1_schedule)
-from .pp_train import ScheduledPipeline  # noqa: F401
+from .pp_train import ScheduledPipeline, schedule_ops  # noqa: F401
 from .tensor import (ColumnParallelLinear, NaiveParallelMLP, ParallelMLP, RowParallelLinear,  # noqa: F401
                      split_like)
 from .tp_comm import (CopyToTP, GatherFromTP, ReduceFromTP, count_calls, count_nbytes,  # noqa: F401
@@ -47,7 +47,7 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "SCHEDULES", "Slot", "gpipe_schedule", "one_f_one_b_schedule", "stage_ops", "timeline", "play",
            "makespan", "bubble_fraction", "measured_bubble", "peak_in_flight", "plot_schedule",
            "VSlot", "interleaved_schedule", "zb_h1_schedule", "interleaved_makespan", "zb_h1_makespan",
-           "peak_activations", "run_on_sim", "ScheduledPipeline",
+           "peak_activations", "run_on_sim", "ScheduledPipeline", "schedule_ops",
            "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
            "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
            "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
