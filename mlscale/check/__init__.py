@@ -13,3 +13,4 @@ from .compress import topk_error_feedback  # noqa: F401,E402
 from .federated import fedavg, pairwise_mask  # noqa: F401,E402
 from .transformer import mesh_coordinates, sp_reduce_scatter  # noqa: F401,E402
 from .alltoall import pairwise_all_to_all  # noqa: F401,E402
+from .schedules import interleaved_order  # noqa: F401,E402
