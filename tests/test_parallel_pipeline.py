@@ -10,26 +10,14 @@ from mlscale.comm import DeadlockError
 from mlscale.parallel import (PipelineParallel, bubble_fraction, gpipe_schedule, measured_bubble,
                               one_f_one_b_schedule, partition_layers, peak_in_flight, stage_ops, timeline)
 
+from _pipeline_ref import pipeline_data, single_device_steps  # noqa: E402
+
 SIZES = [6, 9, 8, 7, 3]  # four Linear layers: up to four stages
 FREE = ms.NetworkModel(alpha=0.0, beta=0.0)  # negligible network: compute only
 
 
 def _data(batch=12, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch, SIZES[0])), rng.integers(0, SIZES[-1], batch)
-
-
-def single_device_steps(sizes, X, y, steps):
-    """The oracle: the whole model on one device, Adam on the full batch. Returns the
-    model (its final params) and the loss and gradients of every step."""
-    ref = nn.MLP(sizes, activation="gelu", dtype=np.float64, seed=1)
-    opt = nn.Adam(ref.params, lr=0.01, impl="reference")
-    losses, grads = [], []
-    for _ in range(steps):
-        losses.append(ref.loss_and_grad(X, y))
-        grads.append(ref.grads.copy())
-        opt.step(ref.grads)
-    return ref, losses, grads
+    return pipeline_data(SIZES, batch, seed)
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

@@ -9,24 +9,14 @@ from mlscale import nn
 from mlscale.parallel.pp_modern import interleaved_makespan, zb_h1_makespan
 from mlscale.parallel.pp_train import ScheduledPipeline
 
+from _pipeline_ref import pipeline_data, single_device_steps  # noqa: E402
+
 SIZES = [6, 9, 8, 7, 8, 9, 6, 7, 8, 3]  # nine Linear layers
 FREE = ms.NetworkModel(alpha=0.0, beta=0.0)
 
 
 def _data(batch=12, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch, SIZES[0])), rng.integers(0, SIZES[-1], batch)
-
-
-def _reference(X, y, steps):
-    ref = nn.MLP(SIZES, activation="gelu", dtype=np.float64, seed=1)
-    opt = nn.Adam(ref.params, lr=0.01, impl="reference")
-    losses, grads = [], []
-    for _ in range(steps):
-        losses.append(ref.loss_and_grad(X, y))
-        grads.append(ref.grads.copy())
-        opt.step(ref.grads)
-    return ref, losses, grads
+    return pipeline_data(SIZES, batch, seed)
 
 
 def _train(comm, schedule, m, v):
@@ -51,7 +41,7 @@ X_, y_ = _data()
     ("interleaved", 2, 4, 2), ("interleaved", 3, 6, 3), ("interleaved", 4, 4, 2), ("interleaved", 2, 2, 4),
     ("zb-h1", 1, 3, 1), ("zb-h1", 2, 5, 1), ("zb-h1", 3, 3, 1), ("zb-h1", 4, 12, 1), ("1f1b", 3, 5, 1)])
 def test_gradients_and_adam_steps_equal_one_device(schedule, p, m, v):
-    ref, ref_losses, ref_grads = _reference(X_, y_, 3)
+    ref, ref_losses, ref_grads = single_device_steps(SIZES, X_, y_, 3)
     res = ms.launch(_train, p, args=(schedule, m, v))
     covered = []
     for rank, (ranges, losses, grads, params) in enumerate(res):

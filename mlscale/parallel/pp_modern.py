@@ -127,7 +127,7 @@ def play(ops, num_chunks=1, t_fwd=1.0, t_bwd=2.0, t_w=None):
                 if op not in dur:
                     raise ValueError(f"stage {s}: unknown op {op!r}; use 'F', 'B' or 'W'")
                 if (g, op, j) in done:
-                    raise ValueError(f"stage {s} runs {op}{j} of chunk {c} twice")
+                    raise ValueError(f"stage {s} runs {op}{j}" + (f" of chunk {c}" if v > 1 else "") + " twice")
                 if op == "F":
                     dep = (g - 1, "F", j) if g > 0 else None
                 elif op == "B":

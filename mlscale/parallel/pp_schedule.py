@@ -89,35 +89,16 @@ def timeline(num_stages, num_microbatches, schedule="1f1b", t_fwd=1.0, t_bwd=2.0
 def play(ops, t_fwd=1.0, t_bwd=2.0):
     """Timeline of per-stage op lists ``ops[s] = [(op, microbatch), ...]``: each op starts
     when its stage is free and its input has arrived (F of j on s-1, B of j on s+1; the
-    last stage's B of j needs only its own F of j)."""
-    p = len(ops)
-    done = {}  # (stage, op, j) -> end time
-    nxt, free, slots = [0] * p, [0.0] * p, []
-    while any(nxt[s] < len(ops[s]) for s in range(p)):
-        progressed = False
-        for s in range(p):
-            while nxt[s] < len(ops[s]):
-                op, j = ops[s][nxt[s]]
-                if (s, op, j) in done:
-                    raise ValueError(f"stage {s} runs {op}{j} twice")
-                if op == "F":
-                    dep = (s - 1, "F", j) if s > 0 else None
-                elif op == "B":
-                    dep = (s + 1, "B", j) if s < p - 1 else (s, "F", j)
-                else:
-                    raise ValueError(f"stage {s}: unknown op {op!r}; use 'F' or 'B'")
-                if dep is not None and dep not in done:
-                    break
-                start = max(free[s], done[dep] if dep is not None else 0.0)
-                end = start + (t_fwd if op == "F" else t_bwd)
-                done[(s, op, j)] = free[s] = end
-                slots.append(Slot(s, op, j, start, end))
-                nxt[s] += 1
-                progressed = True
-        if not progressed:
-            waiting = {s: ops[s][nxt[s]] for s in range(p) if nxt[s] < len(ops[s])}
-            raise ValueError(f"pipeline schedule deadlocks: each stage's next op waits for another's: {waiting}")
-    return sorted(slots, key=lambda x: (x.start, x.stage))
+    last stage's B of j needs only its own F of j). The F/B case of ``pp_modern.play``
+    (which also plays virtual chunks and split backwards); only 'F' and 'B' are taken here."""
+    from .pp_modern import play as play_chunks
+
+    for s, stage_list in enumerate(ops):
+        for o in stage_list:
+            if o[0] not in ("F", "B"):
+                raise ValueError(f"stage {s}: unknown op {o[0]!r}; use 'F' or 'B'")
+    slots = play_chunks(ops, 1, t_fwd, t_bwd)
+    return [Slot(x.stage, x.op, x.microbatch, x.start, x.end) for x in slots]
 
 
 def makespan(slots):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..nn.layers import softmax_cross_entropy
 from .pipeline import PipelineStage
-from .pp_modern import interleaved_schedule, zb_h1_schedule
+from .pp_modern import _norm, interleaved_schedule, zb_h1_schedule
 from .pp_schedule import stage_ops
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1")
@@ -58,7 +58,7 @@ class ScheduledPipeline:
         ops = schedule_ops(schedule, p, m, v) if isinstance(schedule, str) else schedule
         if len(ops) != p:
             raise ValueError(f"the schedule has op lists for {len(ops)} stages, the communicator {p} ranks")
-        self.ops = [(o[0], int(o[1]), int(o[2]) if len(o) > 2 else 0) for o in ops[comm.rank]]
+        self.ops = _norm([ops[comm.rank]])[0]
         self.split = any(op == "W" for op, _, _ in self.ops)
         if times is not None and len(times) != (3 if self.split else 2):
             raise ValueError(f"times={times!r}: give (t_fwd, t_bwd{', t_w' if self.split else ''}) in seconds")
