@@ -280,6 +280,10 @@ def ring_forward_time(world_size, shape, itemsize, network, causal=True, zigzag=
     causal=False): step t computes ``C_t`` = its pairs' FLOPs / network.flops while the next K/V
     shift takes ``T = alpha + 2 b h (s/p) dh itemsize beta``; overlapped: sum over t < p-1 of
     max(C_t, T), plus C_{p-1}; not: sum of C_t + (p - 1) T."""
+    if causal and not zigzag and world_size > 1:
+        raise ValueError("ring_forward_time: a causal contiguous split gives the ranks unequal work (rank r "
+                         "computes r + 1 blocks), so no one formula times every rank; use zigzag=True or "
+                         "causal=False, or measure it on sim (ring_times)")
     b, h, n, dh = shape
     c = n // (2 if zigzag else 1)
     cs = [4 * b * h * c * c * dh * len(ring_blocks(world_size, 0, t, causal, zigzag)) / network.flops
