@@ -43,7 +43,8 @@ from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_
 from .context import (RingCache, check_context_parallel, cp_chunks, cp_positions, cp_shard, cp_unshard,  # noqa: F401
                       ring_attention, ring_attention_backward, ring_blocks, ring_bytes, ring_forward_time,
                       ulysses_attention, ulysses_attention_backward, ulysses_bytes)
-from .context_report import plot_ring_timeline, plot_ring_work, ring_run, ring_times, ring_work, work_per_rank  # noqa: F401
+from .context_report import (plot_ring_timeline, plot_ring_work, ring_run, ring_times, ring_work,  # noqa: F401
+                             work_per_rank)
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
 from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
