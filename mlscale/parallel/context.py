@@ -22,10 +22,11 @@ each rank holding s/p of the tokens (``cp_shard``), forward and backward beside 
   is q, k, v, out (b, h, s/p, dh) and lse (b, h, s/p).
 
 Causal masking makes a contiguous split unfair: rank r needs only the K/V of ranks 0..r, so
-the last rank works p times as long as the first. The **zig-zag** split (Brandon et al. 2023,
-Striped/Megatron-LM context parallelism; zhuzilin/ring-flash-attention) cuts the sequence into
-2p chunks and gives rank r chunks r and 2p-1-r: every rank then computes the same number of
-(query chunk, key chunk) pairs, 2p + 1 of them (``ring_blocks``). With ``overlap=True`` the next
+the last rank works p times as long as the first. The **zig-zag** split (zhuzilin/
+ring-flash-attention; Megatron-LM's context parallelism; the Llama 3 report, Dubey et al. 2024;
+Brandon et al. 2023's Striped Attention balances the same work with a round-robin split) cuts
+the sequence into 2p chunks and gives rank r chunks r and 2p-1-r: every rank then computes the
+same number of (query chunk, key chunk) pairs, 2p + 1 of them (``ring_blocks``). With ``overlap=True`` the next
 K/V shift runs on the communication stream (``comm.start``) while this block computes
 (``comm.compute(flops=...)`` on sim): a step costs max(compute, transfer), not their sum.
 """
