@@ -10,6 +10,9 @@ communication beside the math).
   schedules, their player and formulas) and ``pp_train.py`` (training with any schedule);
 - 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
+- long context (Ulysses, Jacobs et al. 2023; ring attention, Liu et al. 2023, with the zig-zag
+  split): ``context.py`` (forward and backward, both exact) and ``context_report.py`` (who
+  computes which block, step times with and without overlap, timelines);
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather) and ``fsdp.py`` (ZeRO-2
   and ZeRO-3 / FSDP of any nn model, unit by unit, with prefetch and measured memory).
@@ -37,6 +40,11 @@ from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coor
 from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
 from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_bytes_per_param,  # noqa: F401
                    zero_memory, zero_memory_by_kind)
+from .context import (RingCache, check_context_parallel, cp_chunks, cp_positions, cp_shard, cp_unshard,  # noqa: F401
+                      ring_attention, ring_attention_backward, ring_blocks, ring_bytes, ring_forward_time,
+                      ulysses_attention, ulysses_attention_backward, ulysses_bytes)
+from .context_report import (plot_ring_timeline, plot_ring_work, ring_run, ring_times, ring_work,  # noqa: F401
+                             work_per_rank)
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
 from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
@@ -55,4 +63,8 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind",
            "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units",
-           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline"]
+           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline",
+           "check_context_parallel", "cp_chunks", "cp_positions", "cp_shard", "cp_unshard", "ulysses_attention",
+           "ulysses_attention_backward", "ulysses_bytes", "ring_blocks", "RingCache", "ring_attention",
+           "ring_attention_backward", "ring_bytes", "ring_forward_time", "ring_work", "work_per_rank",
+           "plot_ring_work", "ring_run", "ring_times", "plot_ring_timeline"]
