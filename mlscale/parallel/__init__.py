@@ -9,6 +9,8 @@ communication beside the math).
   interleaved 1F1B and ZB-H1 (Megatron-LM 2021; Qi et al. 2024): ``pp_modern.py`` (the
   schedules, their player and formulas) and ``pp_train.py`` (training with any schedule);
 - 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
+- expert parallelism (GShard, Lepikhin et al. 2020): ``expert.py`` (an MoE layer whose experts
+  are split over an ep group, tokens dispatched and combined with all_to_all);
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather) and ``fsdp.py`` (ZeRO-2
@@ -37,6 +39,7 @@ from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coor
 from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
 from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_bytes_per_param,  # noqa: F401
                    zero_memory, zero_memory_by_kind)
+from .expert import ExpertParallelMoE, check_expert_split, ep_traffic, ep_wire_bytes, load_imbalance  # noqa: F401
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
 from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
@@ -55,4 +58,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind",
            "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units",
-           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline"]
+           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline",
+           "ExpertParallelMoE", "check_expert_split", "ep_traffic", "ep_wire_bytes", "load_imbalance"]
