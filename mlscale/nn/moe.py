@@ -65,7 +65,8 @@ def capacity(tokens, num_experts, top_k, capacity_factor):
 
 
 def _topk(xp, p, k):
-    """(T, k) indices of the k largest entries of each row, largest first, ties to the lower index."""
+    """(T, k) indices of the k largest entries of each row, largest first, ties to the lower
+    index (NumPy's stable sort; CuPy's sort breaks exact ties its own way)."""
     order = xp.argsort(-p, axis=1, kind="stable") if xp is np else xp.argsort(-p, axis=1)
     return order[:, :k]
 
@@ -103,7 +104,7 @@ class Routing:
         self.routed = onehot.sum(axis=0)  # (E,)
         self.kept = (onehot * keep[:, None]).sum(axis=0)
         o = xp.nonzero(keep)[0]
-        o = o[xp.argsort(flat[o] * (k * T) + o, kind="stable") if xp is np else xp.argsort(flat[o] * (k * T) + o)]
+        o = o[xp.argsort(flat[o] * (k * T) + o)]  # by expert, then slot (the keys are distinct)
         bounds = np.concatenate([[0], np.cumsum([int(c) for c in self.kept.tolist()])])
         self.rows = [o[bounds[e]:bounds[e + 1]] % T for e in range(E)]
         self.choice = [o[bounds[e]:bounds[e + 1]] // T for e in range(E)]
@@ -123,7 +124,7 @@ class Routing:
         else:
             dtop = dgates
         dprobs = xp.zeros_like(self.probs)
-        xp.put_along_axis(dprobs, self.idx, dtop, axis=1)  # the k experts of a row differ
+        dprobs[xp.arange(self.T)[:, None], self.idx] = dtop  # the k experts of a row differ
         dprobs += (scale * self.aux_coef * self.E / self.T) * self.f[None, :]
         p = self.probs
         dlogits = p * (dprobs - (dprobs * p).sum(axis=1, keepdims=True))  # softmax backward
@@ -210,6 +211,8 @@ def flat_tokens(x, d, where):
     if x.ndim < 2 or x.shape[-1] != d:
         raise ValueError(f"{where}(d={d}) got input of shape {tuple(x.shape)}: expected (tokens, {d}) or "
                          f"(batch, seq, {d})")
+    if x.size == 0:
+        raise ValueError(f"{where} got no tokens (input of shape {tuple(x.shape)}): give every rank at least one")
     return x.reshape(-1, d)
 
 
