@@ -137,3 +137,27 @@ def test_bad_arguments_name_the_fix():
 
     with pytest.raises(ValueError, match=r"expected \(tokens, 6\)"):
         ms.launch(wrong_d, 2)
+
+
+@pytest.mark.gpu
+def test_on_cupy_equals_numpy():
+    """nn.MoE and ExpertParallelMoE on CuPy arrays (sim: 2 logical GPUs on one device)."""
+    import cupy
+
+    x, dy = _data(2)
+    one, model, y1, dx1 = _oracle(2, 4, 2, 1.0, True, x=x, dy=dy)
+    model.to("cupy")
+    y = model.forward(cupy.asarray(x))
+    np.testing.assert_allclose(cupy.asnumpy(y), y1, rtol=0, atol=1e-12)
+
+    def prog(comm):
+        layer = ExpertParallelMoE(comm, D, DFF, 4, top_k=2, capacity_factor=1.0, renormalize=True, **KW)
+        m = nn.Sequential([layer], seed=3, dtype=np.float64, xp="cupy")
+        mine = slice(comm.rank * T, (comm.rank + 1) * T)
+        out = m.forward(cupy.asarray(x[mine]))
+        m.zero_grad()
+        return cupy.asnumpy(out), cupy.asnumpy(m.backward(cupy.asarray(dy[mine])))
+
+    res = ms.launch(prog, 2, device="gpu")
+    np.testing.assert_allclose(np.concatenate([r[0] for r in res]), y1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([r[1] for r in res]), dx1, rtol=0, atol=1e-12)
