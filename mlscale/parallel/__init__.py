@@ -9,6 +9,8 @@ communication beside the math).
   interleaved 1F1B and ZB-H1 (Megatron-LM 2021; Qi et al. 2024): ``pp_modern.py`` (the
   schedules, their player and formulas) and ``pp_train.py`` (training with any schedule);
 - 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
+- expert parallelism (GShard, Lepikhin et al. 2020): ``expert.py`` (an MoE layer whose experts
+  are split over an ep group, tokens dispatched and combined with all_to_all);
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
 - long context (Ulysses, Jacobs et al. 2023; ring attention, Liu et al. 2023, with the zig-zag
   split): ``context.py`` (forward and backward, both exact) and ``context_report.py`` (who
@@ -45,6 +47,7 @@ from .context import (RingCache, check_context_parallel, cp_chunks, cp_positions
                       ulysses_attention, ulysses_attention_backward, ulysses_bytes)
 from .context_report import (plot_ring_timeline, plot_ring_work, ring_run, ring_times, ring_work,  # noqa: F401
                              work_per_rank)
+from .expert import ExpertParallelMoE, check_expert_split, ep_traffic, ep_wire_bytes, load_imbalance  # noqa: F401
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
 from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
@@ -67,4 +70,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "check_context_parallel", "cp_chunks", "cp_positions", "cp_shard", "cp_unshard", "ulysses_attention",
            "ulysses_attention_backward", "ulysses_bytes", "ring_blocks", "RingCache", "ring_attention",
            "ring_attention_backward", "ring_bytes", "ring_forward_time", "ring_work", "work_per_rank",
-           "plot_ring_work", "ring_run", "ring_times", "plot_ring_timeline"]
+           "plot_ring_work", "ring_run", "ring_times", "plot_ring_timeline",
+           "ExpertParallelMoE", "check_expert_split", "ep_traffic", "ep_wire_bytes", "load_imbalance"]
