@@ -195,7 +195,7 @@ def dp_wire_bytes(unit_sizes, dp, zero, num_microbatches=1, itemsize=8):
         kinds = ("all_reduce",) if zero == 0 else ("reduce_scatter", "all_gather")
         plan = [(n, k, 1) for k in kinds]
     elif zero in (2, 3):
-        per = (("reduce_scatter", m), ("all_gather", 1)) if zero == 2 else (("reduce_scatter", m), ("all_gather", 2 * m))
+        per = (("reduce_scatter", m), ("all_gather", 1 if zero == 2 else 2 * m))
         plan = [(s, k, c) for s in unit_sizes if s for k, c in per]
     else:
         raise ValueError(f"dp_wire_bytes: zero={zero!r}, use 0, 1, 2 or 3")
