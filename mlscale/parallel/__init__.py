@@ -13,7 +13,8 @@ communication beside the math).
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather) and ``fsdp.py`` (ZeRO-2
-  and ZeRO-3 / FSDP of any nn model, unit by unit, with prefetch and measured memory).
+  and ZeRO-3 / FSDP of any nn model, unit by unit, with prefetch and measured memory;
+  mixed precision, FSDP2's MixedPrecisionPolicy: ``fsdp_precision.py``).
 
 Every class takes ``comm`` explicitly and runs on any engine; tests run them on ``sim``.
 """
@@ -40,6 +41,7 @@ from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
 from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_bytes_per_param,  # noqa: F401
                    zero_memory, zero_memory_by_kind)
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
+from .fsdp_precision import MixedPrecisionPolicy, mp_memory_by_kind  # noqa: F401
 from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -57,4 +59,5 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind",
            "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units",
+           "MixedPrecisionPolicy", "mp_memory_by_kind",
            "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline"]

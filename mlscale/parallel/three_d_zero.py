@@ -2,8 +2,8 @@
 layers' gradients (stage 2) and parameters (stage 3) are sharded over ``mesh["dp"]``.
 
 Rajbhandari et al. 2020 (ZeRO, sections 5.2-5.3); PyTorch FSDP (Zhao et al. 2023);
-torchtitan composes FSDP2 with pipeline parallelism the same way (one FSDP unit per
-transformer block of the stage, ``reshard_after_forward``).
+torchtitan composes FSDP2 with pipeline parallelism in the same places (one FSDP unit per
+transformer block of the stage, over the dp mesh dim).
 
 Why not ``FSDP`` (fsdp.py) itself: FSDP owns the whole forward-loss-backward loop of a
 model, unit after unit, one batch at a time. A pipeline stage runs its layers once per
@@ -31,9 +31,11 @@ Bytes on the dp dim per step, all ranks together (ring; m micro-batches, N = sum
 times the item size): stage 0 (all-reduce) and stage 1 (reduce-scatter + all-gather)
 2(p-1)N; stage 2 (m + 1)(p-1)N; stage 3 3m(p-1)N. With m = 1 stage 2 equals stage 1 and
 stage 3 is 1.5x; with m > 1 the per-micro-batch reduce-scatters (and stage 3's gathers)
-repeat m times: the price of never holding a stage's full gradients (why DeepSpeed
-allows only ZeRO-1 with its pipeline, and torchtitan keeps FSDP's parameters gathered
-across a step's micro-batches). ``dp_wire_bytes`` gives each rank's exact bytes.
+repeat m times: the price of never holding a stage's full gradients. That is why
+DeepSpeed's PipelineEngine refuses ZeRO stage >= 2 ("ZeRO-2 and ZeRO-3 are incompatible
+with pipeline parallelism"), and why torchtitan, under PP, by default does not reshard
+FSDP's parameters after forward (no per-micro-batch all-gathers; not done here).
+``dp_wire_bytes`` gives each rank's exact bytes.
 
 The gathers and reduce-scatters here are synchronous (no prefetch on the communication
 stream, unlike fsdp.py): at most one unit's gathered params and one unit's full grads
