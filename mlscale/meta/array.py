@@ -1,0 +1,513 @@
+"""``MetaArray``: an array with a shape and a dtype and no data (torch's ``meta`` device,
+JAX's ``eval_shape``), whose every operation reports its FLOPs and bytes to a device.
+
+    a = MetaArray((64, 128), np.float32, dev)     # usually made by dev.zeros(...) (device.py)
+    (a @ dev.ones((128, 32))).shape               # (64, 32); dev.costs.flops["matmul"] += 2*64*128*32
+
+Shapes and dtypes follow NumPy exactly: broadcasting by ``np.broadcast_shapes``, result
+dtypes by the ufunc's own resolution (``ufunc.resolve_dtypes``, NEP 50 weak Python
+scalars), reductions by calling NumPy on a one-element dummy, basic indexing on a
+zero-strided dummy (``np.broadcast_to``: no memory), advanced (integer-array) indexing
+by NumPy's rule (the broadcast index shape replaces the indexed axes in place when they
+are adjacent, else goes first). Views (reshape of a contiguous array, transpose, basic
+slices) share their ``base`` and allocate nothing; copies allocate on the device.
+
+Cost conventions (per op, charged by :meth:`mlscale.meta.Meta.charge`):
+matmul ``(..., n, k) @ (..., k, m)``: ``2 n k m`` FLOPs per batch entry; an elementwise op:
+one FLOP per output element; a reduction: one per input element. Bytes moved: every
+input read once plus the output written once (an ideal kernel; no cache model).
+
+Anything that needs values raises :class:`ShapeOnlyError` naming the operation:
+``float(x)``, ``bool(x)`` (a comparison in an ``if``), ``x.item()``, ``np.asarray(x)``.
+"""
+import numpy as np
+
+_SCALARS = (int, float, complex, bool)
+
+
+class ShapeOnlyError(TypeError):
+    """An operation needed the values of a shape-only array."""
+
+
+def no_values(op):
+    raise ShapeOnlyError(f"shape-only arrays have no values: {op} needs the data. Run this part with "
+                         f"xp='numpy' on a small size, or keep it out of the shape-only program "
+                         f"(mlscale.meta computes shapes, FLOPs, bytes and time only)")
+
+
+class _Flags:
+    __slots__ = ("c_contiguous",)
+
+    def __init__(self, c):
+        self.c_contiguous = c
+
+    f_contiguous = property(lambda self: False)
+    writeable = property(lambda self: True)
+    owndata = property(lambda self: False)
+
+
+def _shape_of(x):
+    if isinstance(x, MetaArray) or isinstance(x, np.ndarray):
+        return x.shape
+    return ()
+
+
+def _dtype_key(x):
+    if isinstance(x, (MetaArray, np.ndarray, np.generic)):
+        return x.dtype
+    if isinstance(x, _SCALARS):
+        return type(x)
+    return np.asarray(x).dtype
+
+
+_UFUNC_DTYPES = {}
+
+
+def ufunc_dtypes(ufunc, inputs, out_dtype=None):
+    """Output dtypes of ``ufunc`` on these inputs (cached), as NumPy resolves them."""
+    keys = tuple(_dtype_key(x) for x in inputs)
+    k = (ufunc, keys, out_dtype)
+    r = _UFUNC_DTYPES.get(k)
+    if r is None:
+        try:
+            r = ufunc.resolve_dtypes(keys + (out_dtype,) * ufunc.nout)[ufunc.nin:]
+        except Exception as e:  # casting errors: say which op
+            raise TypeError(f"mlscale.meta: np.{ufunc.__name__} of dtypes {keys}: {e}") from None
+        _UFUNC_DTYPES[k] = r
+    return r
+
+
+_REDUCE_DTYPES = {}
+
+
+def reduce_dtype(name, dtype, dt=None):
+    k = (name, dtype, dt)
+    r = _REDUCE_DTYPES.get(k)
+    if r is None:
+        f = getattr(np, name)
+        args = {} if dt is None else {"dtype": dt}
+        r = _REDUCE_DTYPES[k] = f(np.ones(1, dtype), **args).dtype
+    return r
+
+
+def norm_axes(axis, ndim, op):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise np.exceptions.AxisError(f"{op}: axis {a} is out of bounds for an array of dimension {ndim}")
+        out.append(a % ndim)
+    return tuple(out)
+
+
+def _is_index_array(k):
+    return isinstance(k, (MetaArray, np.ndarray, list))
+
+
+class MetaArray:
+    """Shape and dtype, no data; ``dev`` (a :class:`mlscale.meta.Meta`) is charged for ops.
+
+    ``base``: the array that owns the (notional) memory, None for an owner. An owner
+    with a device counts its ``nbytes`` as live on that device from creation until it is
+    garbage-collected (CPython frees it when the last reference goes, as a CUDA caching
+    allocator would see it), tagged ``kind`` ("params", "grads", "optimizer", "activations")."""
+
+    __slots__ = ("shape", "dtype", "base", "dev", "kind", "contiguous", "__weakref__")
+    __array_priority__ = 1000
+    _shape_only = True
+    __hash__ = None
+
+    def __init__(self, shape, dtype, dev=None, base=None, kind=None, contiguous=True):
+        self.shape, self.dtype, self.base, self.dev, self.contiguous = shape, dtype, base, dev, contiguous
+        self.kind = kind
+        if base is None and dev is not None:
+            dev._alloc(self)
+
+    def __del__(self):
+        if self.base is None and self.dev is not None:
+            self.dev._free(self)
+
+    # -- attributes -------------------------------------------------------------------
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def itemsize(self):
+        return self.dtype.itemsize
+
+    @property
+    def nbytes(self):
+        return self.size * self.dtype.itemsize
+
+    @property
+    def flags(self):
+        return _Flags(self.contiguous)
+
+    @property
+    def xp(self):
+        return self.dev
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of unsized object (a 0-d shape-only array)")
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"MetaArray(shape={self.shape}, dtype={self.dtype.name})"
+
+    def __iter__(self):
+        if not self.shape:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))
+
+    # -- no values ---------------------------------------------------------------------
+    def __bool__(self):
+        no_values("bool(x) (a comparison or an array in an `if`/`while`)")
+
+    def __float__(self):
+        no_values("float(x)")
+
+    def __int__(self):
+        no_values("int(x)")
+
+    def __index__(self):
+        no_values("using x as an integer index")
+
+    def __complex__(self):
+        no_values("complex(x)")
+
+    def item(self, *a):
+        no_values("x.item()")
+
+    def tolist(self):
+        no_values("x.tolist()")
+
+    def __array__(self, dtype=None, copy=None):
+        no_values("np.asarray(x) (converting to a NumPy array)")
+
+    def __contains__(self, v):
+        no_values("`v in x`")
+
+    def get(self):
+        no_values("x.get() (copying to the host)")
+
+    # -- views ---------------------------------------------------------------------------
+    def _view(self, shape, contiguous):
+        return MetaArray(shape, self.dtype, self.dev, self.base if self.base is not None else self, None, contiguous)
+
+    def reshape(self, *shape, order="C", copy=None):
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = tuple(shape[0])
+        shape = tuple(int(s) for s in shape)
+        size = self.size
+        if -1 in shape:
+            known = 1
+            for s in shape:
+                if s != -1:
+                    known *= s
+            if shape.count(-1) > 1 or known == 0 or size % known:
+                raise ValueError(f"cannot reshape array of size {size} into shape {shape}")
+            shape = tuple(size // known if s == -1 else s for s in shape)
+        else:
+            n = 1
+            for s in shape:
+                n *= s
+            if n != size:
+                raise ValueError(f"cannot reshape array of size {size} into shape {shape}")
+        if self.contiguous or _trivial_reshape(self.shape, shape):
+            return self._view(shape, self.contiguous)
+        out = self.dev.new(shape, self.dtype)  # NumPy copies a non-contiguous array it cannot view
+        self.dev.charge("elementwise", 0, self.nbytes + out.nbytes, self.dtype, "reshape (copy)")
+        return out
+
+    def ravel(self):
+        return self.reshape(-1)
+
+    def flatten(self):
+        return self.copy().reshape(-1)
+
+    def transpose(self, *axes):
+        if not axes or axes == (None,):
+            axes = tuple(range(self.ndim))[::-1]
+        elif len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
+            axes = tuple(axes[0])
+        axes = norm_axes(tuple(axes), self.ndim, "transpose")
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"transpose: axes {axes} don't match an array of {self.ndim} dimensions")
+        shape = tuple(self.shape[a] for a in axes)
+        moved = [a for a in axes if self.shape[a] != 1]
+        return self._view(shape, self.contiguous and moved == sorted(moved))
+
+    def swapaxes(self, a, b):
+        axes = list(range(self.ndim))
+        a, b = norm_axes((a, b), self.ndim, "swapaxes")
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.transpose(axes)
+
+    def squeeze(self, axis=None):
+        axes = [i for i, s in enumerate(self.shape) if s == 1] if axis is None else norm_axes(axis, self.ndim, "squeeze")
+        return self._view(tuple(s for i, s in enumerate(self.shape) if i not in axes), self.contiguous)
+
+    def view(self, dtype=None):
+        if dtype is None:
+            return self._view(self.shape, self.contiguous)
+        dt = np.dtype(dtype)
+        last = self.shape[-1] * self.dtype.itemsize // dt.itemsize if self.shape else 1
+        return MetaArray(self.shape[:-1] + (last,), dt, self.dev, self.base if self.base is not None else self)
+
+    # -- copies --------------------------------------------------------------------------
+    def copy(self, order="C"):
+        out = self.dev.new(self.shape, self.dtype)
+        self.dev.charge("elementwise", 0, 2 * self.nbytes, self.dtype, "copy")
+        return out
+
+    def astype(self, dtype, copy=True, order="K", casting="unsafe"):
+        dt = np.dtype(dtype)
+        if dt == self.dtype and not copy:
+            return self
+        out = self.dev.new(self.shape, dt)
+        self.dev.charge("elementwise", self.size, self.nbytes + out.nbytes, dt, "astype")
+        return out
+
+    def fill(self, value):
+        self.dev.charge("elementwise", 0, self.nbytes, self.dtype, "fill")
+
+    # -- indexing ----------------------------------------------------------------------
+    def __getitem__(self, key):
+        shape, basic, contig = index_shape(self.shape, key)
+        if basic:
+            return self._view(shape, self.contiguous and contig)
+        out = self.dev.new(shape, self.dtype)
+        self.dev.charge("elementwise", 0, 2 * out.nbytes + _index_bytes(key), self.dtype, "gather")
+        return out
+
+    def __setitem__(self, key, value):
+        shape, basic, _ = index_shape(self.shape, key)
+        vshape = _shape_of(value)
+        try:
+            np.broadcast_shapes(vshape, shape)
+            if len(vshape) > len(shape) and any(s != 1 for s in vshape[:len(vshape) - len(shape)]):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"could not broadcast input array from shape {vshape} into shape {shape}") from None
+        n = 1
+        for s in shape:
+            n *= s
+        vb = value.nbytes if isinstance(value, (MetaArray, np.ndarray)) else 0
+        self.dev.charge("elementwise", 0, vb + n * self.dtype.itemsize + (0 if basic else _index_bytes(key)),
+                        self.dtype, "setitem")
+
+    # -- NumPy protocols -----------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        dev = _device_of(inputs, kwargs.get("out"))
+        if method == "__call__":
+            if ufunc is np.matmul:
+                return dev.matmul(*inputs, **kwargs)
+            return dev.elementwise(ufunc, inputs, **kwargs)
+        if method == "reduce":
+            return dev.reduction(ufunc.__name__, inputs[0], **kwargs)
+        if method == "at":
+            return dev.scatter(ufunc, *inputs)
+        raise ShapeOnlyError(f"mlscale.meta: np.{ufunc.__name__}.{method} is not supported on shape-only arrays")
+
+    def __array_function__(self, func, types, args, kwargs):
+        dev = _device_of(args, None)
+        impl = getattr(dev, func.__name__, None)
+        if impl is None or not callable(impl):
+            raise ShapeOnlyError(f"mlscale.meta: np.{func.__name__} is not supported on shape-only arrays "
+                                 f"(add it to mlscale/meta/device.py, or run with xp='numpy')")
+        return impl(*args, **kwargs)
+
+    # -- reductions as methods ---------------------------------------------------------
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self.dev.reduction("sum", self, axis, dtype, out, keepdims)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self.dev.reduction("mean", self, axis, dtype, out, keepdims)
+
+    def prod(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self.dev.reduction("prod", self, axis, dtype, out, keepdims)
+
+    def max(self, axis=None, out=None, keepdims=False):
+        return self.dev.reduction("max", self, axis, None, out, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        return self.dev.reduction("min", self, axis, None, out, keepdims)
+
+    def argmax(self, axis=None, out=None, keepdims=False):
+        return self.dev.reduction("argmax", self, axis, None, out, keepdims)
+
+    def argmin(self, axis=None, out=None, keepdims=False):
+        return self.dev.reduction("argmin", self, axis, None, out, keepdims)
+
+    def var(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self.dev.reduction("var", self, axis, dtype, out, keepdims)
+
+    def std(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self.dev.reduction("std", self, axis, dtype, out, keepdims)
+
+    def any(self, axis=None, out=None, keepdims=False):
+        return self.dev.reduction("any", self, axis, None, out, keepdims)
+
+    def all(self, axis=None, out=None, keepdims=False):
+        return self.dev.reduction("all", self, axis, None, out, keepdims)
+
+
+def _trivial_reshape(old, new):
+    """Reshapes that only add or drop axes of length 1 are views of any array."""
+    return tuple(s for s in old if s != 1) == tuple(s for s in new if s != 1)
+
+
+def _index_bytes(key):
+    ks = key if isinstance(key, tuple) else (key,)
+    return sum(k.nbytes for k in ks if isinstance(k, (MetaArray, np.ndarray)))
+
+
+def _device_of(args, out):
+    for a in args:
+        if isinstance(a, MetaArray) and a.dev is not None:
+            return a.dev
+        if isinstance(a, (list, tuple)):
+            for b in a:
+                if isinstance(b, MetaArray) and b.dev is not None:
+                    return b.dev
+    if isinstance(out, tuple):
+        out = out[0] if out else None
+    if isinstance(out, MetaArray) and out.dev is not None:
+        return out.dev
+    from .device import Meta
+
+    return Meta.default()
+
+
+_BASIC_CACHE = {}
+
+
+def index_shape(shape, key):
+    """``(result shape, is_basic, contiguous)`` of ``a[key]`` for an array of ``shape``, by NumPy's rules."""
+    ks = key if isinstance(key, tuple) else (key,)
+    if not any(_is_index_array(k) for k in ks):  # basic indexing: a view
+        ck = None
+        try:
+            ck = (shape, ks)
+            hit = _BASIC_CACHE.get(ck)
+        except TypeError:  # unhashable (slices are hashable from Python 3.12 on)
+            hit, ck = None, None
+        if hit is not None:
+            return hit
+        for k in ks:
+            if isinstance(k, MetaArray):
+                no_values("an index held in a shape-only array")
+        r = np.broadcast_to(np.empty((), np.uint8), shape)[key].shape
+        r = (r, True, _contiguous_key(shape, ks))
+        if ck is not None and len(_BASIC_CACHE) < 4096:
+            _BASIC_CACHE[ck] = r
+        return r
+    for k in ks:
+        if getattr(k, "dtype", None) is not None and k.dtype == bool:
+            if isinstance(k, MetaArray):
+                raise ShapeOnlyError("shape-only arrays have no values: a boolean mask index gives a shape that "
+                                     "depends on the data; use xp.where(mask, a, b) instead")
+        elif isinstance(k, MetaArray) and k.dtype.kind not in "iu":
+            raise IndexError(f"arrays used as indices must be of integer type, got {k.dtype}")
+    # expand bool numpy masks and lists into integer arrays, Ellipsis into slices
+    items = []
+    for k in ks:
+        if isinstance(k, list):
+            k = np.asarray(k)
+        if isinstance(k, np.ndarray) and k.dtype == bool:
+            items.extend(np.nonzero(k))
+        else:
+            items.append(k)
+    nidx = sum(1 for k in items if k is not None and k is not Ellipsis)
+    if Ellipsis in [k for k in items if not _is_index_array(k)]:
+        i = next(j for j, k in enumerate(items) if not _is_index_array(k) and k is Ellipsis)
+        items[i:i + 1] = [slice(None)] * (len(shape) - nidx + 1)
+    adv = [i for i, k in enumerate(items) if _is_index_array(k) or isinstance(k, (int, np.integer))]
+    bshape = np.broadcast_shapes(*[_shape_of(items[i]) for i in adv])
+    basic_key = tuple(0 if i in adv else k for i, k in enumerate(items))
+    rest = np.broadcast_to(np.empty((), np.uint8), shape)[basic_key].shape
+    if adv == list(range(adv[0], adv[-1] + 1)):  # adjacent: in place of the first
+        pos = sum(1 for k in items[:adv[0]] if k is None or isinstance(k, slice))
+    else:
+        pos = 0
+    return rest[:pos] + tuple(bshape) + rest[pos:], False, True
+
+
+def _contiguous_key(shape, ks):
+    """A basic index keeps C order when it takes ints on leading axes, then at most one
+    step-1 slice, then whole axes (approximates NumPy's flags for the layouts used here)."""
+    i, n = 0, len(shape)
+    ks = [k for k in ks if k is not None]
+    if Ellipsis in ks:
+        j = ks.index(Ellipsis)
+        ks = ks[:j] + [slice(None)] * (n - len(ks) + 1) + ks[j + 1:]
+    while i < len(ks) and isinstance(ks[i], (int, np.integer)):
+        i += 1
+    if i < len(ks) and isinstance(ks[i], slice):
+        if ks[i].step not in (None, 1):
+            return False
+        i += 1
+    for j in range(i, len(ks)):
+        k = ks[j]
+        if not (isinstance(k, slice) and k == slice(None)):
+            start, stop, step = k.indices(shape[j]) if isinstance(k, slice) else (0, 0, 0)
+            if not (isinstance(k, slice) and (start, stop, step) == (0, shape[j], 1)):
+                return False
+    return True
+
+
+def _binop(ufunc, reflected=False, inplace=False):
+    if inplace:
+        def f(self, other):
+            self.dev.elementwise(ufunc, (self, other), out=self)
+            return self
+    elif reflected:
+        def f(self, other):
+            return self.dev.elementwise(ufunc, (other, self))
+    else:
+        def f(self, other):
+            return self.dev.elementwise(ufunc, (self, other))
+    return f
+
+
+for _name, _uf in (("add", np.add), ("sub", np.subtract), ("mul", np.multiply), ("truediv", np.true_divide),
+                   ("floordiv", np.floor_divide), ("mod", np.remainder), ("pow", np.power),
+                   ("and", np.bitwise_and), ("or", np.bitwise_or), ("xor", np.bitwise_xor)):
+    setattr(MetaArray, f"__{_name}__", _binop(_uf))
+    setattr(MetaArray, f"__r{_name}__", _binop(_uf, reflected=True))
+    setattr(MetaArray, f"__i{_name}__", _binop(_uf, inplace=True))
+for _name, _uf in (("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
+                   ("eq", np.equal), ("ne", np.not_equal)):
+    setattr(MetaArray, f"__{_name}__", _binop(_uf))
+MetaArray.__neg__ = lambda self: self.dev.elementwise(np.negative, (self,))
+MetaArray.__pos__ = lambda self: self.dev.elementwise(np.positive, (self,))
+MetaArray.__abs__ = lambda self: self.dev.elementwise(np.absolute, (self,))
+MetaArray.__invert__ = lambda self: self.dev.elementwise(np.invert, (self,))
+MetaArray.__matmul__ = lambda self, o: self.dev.matmul(self, o)
+MetaArray.__rmatmul__ = lambda self, o: self.dev.matmul(o, self)
+
+
+def _imatmul(self, o):
+    self.dev.matmul(self, o, out=self)
+    return self
+
+
+MetaArray.__imatmul__ = _imatmul
+
+__all__ = ["MetaArray", "ShapeOnlyError", "index_shape", "ufunc_dtypes"]

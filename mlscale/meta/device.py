@@ -1,0 +1,615 @@
+"""``Meta``: a NumPy-like module of shape-only arrays for one rank, with its cost
+counter, its memory and (optionally) a roofline model of a named accelerator.
+
+    from mlscale.meta import Meta
+    xp = Meta("H100-SXM", comm=comm)           # comm on sim: every op advances comm.clock
+    model = GPT(cfg, dtype=np.float16, xp=xp)  # params and grads: no data, 2 bytes each counted
+    Adam(model).step()                         # optimizer state counted as "optimizer"
+    xp.costs.flops["matmul"], xp.costs.seconds, xp.memory.peak
+
+``Meta`` stands where ``numpy`` stands (``xp.zeros``, ``xp.tanh``, ``xp.add.at``,
+``xp.random.default_rng``...). Each op adds its FLOPs and bytes to ``costs`` by op class
+(matmul, attention, elementwise, reduction); with a ``hardware`` preset it also costs
+time by the roofline (``Hardware.op_time``: ``max(flops / (peak[dtype] eff),
+bytes / (hbm_bw eff_mem))``, Williams, Waterman and Patterson 2009), charged to the
+rank's virtual clock with ``comm.compute(seconds=...)`` when a ``comm`` is given.
+
+Memory: every owning array counts its bytes as live from creation until CPython frees it,
+by kind: "params" and "grads" (a model's flat buffers), "optimizer" (its state), and
+"activations" (everything else); ``memory.peak`` is the high-water mark of the total,
+``memory.peak_by_kind`` each kind's. Past the preset's memory it raises
+:class:`OutOfMemoryError`, worded like PyTorch's CUDA allocator.
+"""
+import contextlib
+import math
+
+import numpy as np
+
+from .array import MetaArray, ShapeOnlyError, norm_axes, reduce_dtype, ufunc_dtypes
+
+KINDS = ("params", "grads", "optimizer", "activations")
+OP_CLASSES = ("matmul", "attention", "elementwise", "reduction")
+GiB = 2 ** 30
+
+
+class OutOfMemoryError(MemoryError):
+    """A shape-only allocation went past the accelerator's memory (torch.cuda.OutOfMemoryError)."""
+
+
+class Costs:
+    """FLOPs, bytes and modelled seconds per op class; ``ops`` counts the ops."""
+
+    def __init__(self):
+        self.flops = dict.fromkeys(OP_CLASSES, 0)
+        self.bytes = dict.fromkeys(OP_CLASSES, 0)
+        self.time = dict.fromkeys(OP_CLASSES, 0.0)
+        self.ops = 0
+
+    @property
+    def total_flops(self):
+        return sum(self.flops.values())
+
+    @property
+    def total_bytes(self):
+        return sum(self.bytes.values())
+
+    @property
+    def seconds(self):
+        return sum(self.time.values())
+
+    def __repr__(self):
+        return f"Costs(flops={self.flops}, bytes={self.bytes}, seconds={self.seconds:.6g}, ops={self.ops})"
+
+
+class Memory:
+    """Live and peak bytes of one rank's device, by kind."""
+
+    def __init__(self, capacity=None, name="device", gpu=0):
+        self.capacity, self.name, self.gpu = capacity, name, gpu
+        self.live = dict.fromkeys(KINDS, 0)
+        self.peak_by_kind = dict.fromkeys(KINDS, 0)
+        self.allocated = 0
+        self.peak = 0
+        self.at_peak = dict(self.live)  # live bytes by kind when the total peaked
+
+    def reset_peak(self):
+        self.peak, self.peak_by_kind, self.at_peak = self.allocated, dict(self.live), dict(self.live)
+
+    def __repr__(self):
+        return f"Memory(allocated={self.allocated}, peak={self.peak}, live={self.live})"
+
+
+class _Ufunc:
+    """``xp.exp``, ``xp.add`` ... of a Meta device: call, ``.at`` and ``.reduce``."""
+
+    __slots__ = ("ufunc", "dev", "__name__")
+
+    def __init__(self, ufunc, dev):
+        self.ufunc, self.dev, self.__name__ = ufunc, dev, ufunc.__name__
+
+    def __call__(self, *args, out=None, **kw):
+        if self.ufunc is np.matmul:
+            return self.dev.matmul(*args, out=out)
+        return self.dev.elementwise(self.ufunc, args, out=out, **kw)
+
+    def at(self, a, indices, b=None):
+        return self.dev.scatter(self.ufunc, a, indices, b)
+
+    def reduce(self, a, axis=0, dtype=None, out=None, keepdims=False):
+        return self.dev.reduction(self.ufunc.__name__, a, axis, dtype, out, keepdims)
+
+
+_RED_NAMES = {"add": "sum", "multiply": "prod", "maximum": "max", "minimum": "min"}
+
+
+class MetaRNG:
+    """``xp.random.default_rng(seed)``: draws shape-only arrays (a write per element)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+
+    def _draw(self, size, dtype=np.float64):
+        shape = () if size is None else (tuple(size) if isinstance(size, (tuple, list)) else (int(size),))
+        out = self.dev.new(shape, np.dtype(dtype))
+        self.dev.charge("elementwise", out.size, out.nbytes, out.dtype, "random")
+        return out
+
+    def normal(self, loc=0.0, scale=1.0, size=None, dtype=np.float64):
+        return self._draw(size, dtype)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._draw(size, dtype)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self._draw(size)
+
+    def random(self, size=None, dtype=np.float64):
+        return self._draw(size, dtype)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        return self._draw(size, dtype)
+
+
+class _Random:
+    def __init__(self, dev):
+        self.dev = dev
+
+    def default_rng(self, seed=None):
+        return MetaRNG(self.dev)
+
+
+class Meta:
+    """One rank's shape-only array module (use it as ``xp``).
+
+    hardware: a :class:`mlscale.meta.Hardware` or a preset name ("A100-80GB-SXM",
+    "H100-SXM", "T4"), or None (count FLOPs and bytes only: no time, no memory limit).
+    comm: a Communicator; on ``sim`` each op's roofline time goes to ``comm.compute``.
+    allow_tf32: float32 matmuls at the TF32 tensor-core rate (PyTorch's
+    ``torch.backends.cuda.matmul.allow_tf32``), where the preset has one."""
+
+    shape_only = True
+    __name__ = "mlscale.meta"
+    _default = None
+
+    def __init__(self, hardware=None, comm=None, allow_tf32=False, record=False):
+        from .hardware import Hardware, get_hardware
+
+        self.hardware = get_hardware(hardware) if hardware is not None and not isinstance(hardware, Hardware) \
+            else hardware
+        self.comm, self.allow_tf32 = comm, bool(allow_tf32)
+        self.costs = Costs()
+        gpu = getattr(comm, "rank", 0) if comm is not None else 0
+        self.memory = Memory(self.hardware.memory_bytes if self.hardware else None,
+                             self.hardware.name if self.hardware else "meta", gpu)
+        self.record = record
+        self.log = [] if record else None  # (op, class, flops, bytes, seconds) when record=True
+        self._class = None  # an op-class override (``with xp.op_class("attention")``)
+        self._kind = "activations"
+        self._compute = None
+        if comm is not None and getattr(comm, "backend", None) == "sim":
+            self._compute = comm.compute
+            sim, group = getattr(comm, "sim", None), getattr(comm, "group", None)
+            if sim is not None:  # messages of meta arrays arrive on this rank's device
+                if not hasattr(sim, "meta_devices"):
+                    sim.meta_devices = {}
+                sim.meta_devices[group[comm.rank] if group is not None else comm.rank] = self
+        self.random = _Random(self)
+        self._ufuncs = {}
+
+    @classmethod
+    def default(cls):
+        """A shared counting-only device (``xp="meta"``; arrays made with no device)."""
+        if cls._default is None:
+            cls._default = cls()
+        return cls._default
+
+    def __repr__(self):
+        return f"Meta({self.hardware.name if self.hardware else None!r})"
+
+    # -- module attributes ---------------------------------------------------------------
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(np, name, None)
+        if isinstance(attr, np.ufunc):
+            u = self._ufuncs.get(name)
+            if u is None:
+                u = self._ufuncs[name] = _Ufunc(attr, self)
+            return u
+        if attr is not None and (isinstance(attr, (float, int, type, np.dtype)) or name in ("dtype", "newaxis")):
+            return attr  # np.float32, np.inf, np.pi, np.newaxis, np.dtype
+        raise AttributeError(f"mlscale.meta has no {name!r}: add it to mlscale/meta/device.py, "
+                             f"or run this part with xp='numpy'")
+
+    # -- tags ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def op_class(self, cls):
+        """Charge the ops inside at the efficiency of ``cls`` (e.g. "attention")."""
+        if cls not in OP_CLASSES:
+            raise ValueError(f"op_class({cls!r}): use one of {OP_CLASSES}")
+        old, self._class = self._class, cls
+        try:
+            yield
+        finally:
+            self._class = old
+
+    @contextlib.contextmanager
+    def kind(self, kind):
+        """Tag the arrays allocated inside as ``kind`` (params, grads, optimizer, activations)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind({kind!r}): use one of {KINDS}")
+        old, self._kind = self._kind, kind
+        try:
+            yield
+        finally:
+            self._kind = old
+
+    # -- memory --------------------------------------------------------------------------
+    def _alloc(self, a):
+        m = self.memory
+        n = a.size * a.dtype.itemsize
+        kind = a.kind or self._kind
+        a.kind = kind
+        if m.capacity is not None and m.allocated + n > m.capacity:
+            a.dev = None  # never counted, so never freed
+            by = ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in m.live.items())
+            raise OutOfMemoryError(
+                f"CUDA out of memory. Tried to allocate {n / GiB:.2f} GiB (GPU {m.gpu}; {m.capacity / GiB:.2f} GiB "
+                f"total capacity; {m.allocated / GiB:.2f} GiB already allocated; "
+                f"{max(m.capacity - m.allocated, 0) / GiB:.2f} GiB free) [{m.name}, shape-only: {by}; "
+                f"this {kind} array {a.shape} {a.dtype}]. Shard the model (tp/pp/ZeRO), recompute "
+                f"activations, or use smaller micro-batches")
+        m.allocated += n
+        live = m.live[kind] = m.live[kind] + n
+        if live > m.peak_by_kind[kind]:
+            m.peak_by_kind[kind] = live
+        if m.allocated > m.peak:
+            m.peak = m.allocated
+            m.at_peak = dict(m.live)
+
+    def _free(self, a):
+        n = a.size * a.dtype.itemsize
+        m = self.memory
+        m.allocated -= n
+        m.live[a.kind] -= n
+
+    # -- costs ---------------------------------------------------------------------------
+    def charge(self, cls, flops, nbytes, dtype, op=""):
+        """Add one op's FLOPs and bytes (class ``cls``, or the ``op_class`` in force) and its time."""
+        if self._class is not None and cls in ("matmul", "elementwise", "reduction"):
+            cls = self._class if cls == "matmul" or self._class != "attention" else cls
+        c = self.costs
+        c.flops[cls] += flops
+        c.bytes[cls] += nbytes
+        c.ops += 1
+        t = 0.0
+        if self.hardware is not None:
+            t = self.hardware.op_time(cls, flops, nbytes, dtype, self.allow_tf32)
+            c.time[cls] += t
+            if self._compute is not None and t > 0:
+                self._compute(seconds=t, label=cls)
+        if self.log is not None:
+            self.log.append((op, cls, flops, nbytes, t))
+
+    def fused(self, op, reads, writes, flops_per_element, dtype=None):
+        """Charge one fused elementwise kernel (e.g. Adam: reads p, g, m, v; writes p, m, v)."""
+        n = max(a.size for a in reads + writes)
+        nbytes = sum(a.nbytes for a in reads) + sum(a.nbytes for a in writes)
+        self.charge("elementwise", flops_per_element * n, nbytes, dtype or reads[0].dtype, op)
+
+    # -- making arrays -------------------------------------------------------------------
+    def new(self, shape, dtype, kind=None):
+        return MetaArray(shape, dtype, self, None, kind)
+
+    def _creation(self, shape, dtype, kind, write, op):
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        out = MetaArray(shape, np.dtype(float if dtype is None else dtype), self, None, kind)
+        if write:
+            self.charge("elementwise", 0, out.nbytes, out.dtype, op)
+        return out
+
+    def empty(self, shape, dtype=float, kind=None, order="C"):
+        return self._creation(shape, dtype, kind, False, "empty")
+
+    def zeros(self, shape, dtype=float, kind=None, order="C"):
+        return self._creation(shape, dtype, kind, True, "zeros")
+
+    def ones(self, shape, dtype=float, kind=None, order="C"):
+        return self._creation(shape, dtype, kind, True, "ones")
+
+    def full(self, shape, fill_value, dtype=None, kind=None, order="C"):
+        dt = np.asarray(fill_value).dtype if dtype is None else dtype
+        return self._creation(shape, dt, kind, True, "full")
+
+    def empty_like(self, a, dtype=None, kind=None, shape=None):
+        return self.empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, kind)
+
+    def zeros_like(self, a, dtype=None, kind=None, shape=None):
+        return self.zeros(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, kind)
+
+    def ones_like(self, a, dtype=None, kind=None, shape=None):
+        return self.ones(a.shape if shape is None else shape, a.dtype if dtype is None else dtype, kind)
+
+    def full_like(self, a, fill_value, dtype=None, kind=None, shape=None):
+        return self.full(a.shape if shape is None else shape, fill_value, a.dtype if dtype is None else dtype, kind)
+
+    def arange(self, start, stop=None, step=1, dtype=None):
+        n = len(range(int(start), int(stop), int(step))) if stop is not None else int(start)
+        dt = np.arange(1, dtype=dtype).dtype if dtype is not None or isinstance(start, int) else np.dtype(float)
+        return self._creation((n,), dt, None, True, "arange")
+
+    def asarray(self, a, dtype=None, kind=None):
+        """A shape-only array of ``a``'s shape and dtype (a MetaArray of this device: itself)."""
+        if isinstance(a, MetaArray):
+            if a.dev is self or a.dev is None:
+                return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+            return self.new(a.shape, a.dtype if dtype is None else np.dtype(dtype), kind)
+        src = np.asarray(a) if not hasattr(a, "shape") else a
+        return self._creation(tuple(src.shape), src.dtype if dtype is None else dtype, kind, True, "asarray")
+
+    array = asarray
+
+    def ascontiguousarray(self, a, dtype=None):
+        if isinstance(a, MetaArray) and a.contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+            return a
+        return self.asarray(a).copy() if isinstance(a, MetaArray) else self.asarray(a, dtype)
+
+    def copy(self, a):
+        return a.copy()
+
+    def tril(self, a, k=0):
+        return a.copy()
+
+    triu = tril
+
+    def broadcast_to(self, a, shape):
+        shape = tuple(shape)
+        np.broadcast_shapes(a.shape, shape)
+        return MetaArray(shape, a.dtype, self, a.base if a.base is not None else a, None, False)
+
+    # -- shape functions ---------------------------------------------------------------
+    def shape(self, a):
+        return a.shape
+
+    def ndim(self, a):
+        return len(a.shape)
+
+    def reshape(self, a, shape, order="C"):
+        return a.reshape(shape)
+
+    def transpose(self, a, axes=None):
+        return a.transpose(axes) if axes is not None else a.transpose()
+
+    def swapaxes(self, a, i, j):
+        return a.swapaxes(i, j)
+
+    def ravel(self, a):
+        return a.ravel()
+
+    def squeeze(self, a, axis=None):
+        return a.squeeze(axis)
+
+    def expand_dims(self, a, axis):
+        nd = a.ndim + (len(axis) if isinstance(axis, tuple) else 1)
+        axes = norm_axes(axis, nd, "expand_dims")
+        it = iter(a.shape)
+        return a.reshape(tuple(1 if i in axes else next(it) for i in range(nd)))
+
+    def concatenate(self, arrays, axis=0, out=None, dtype=None):
+        arrays = list(arrays)
+        if not arrays:
+            raise ValueError("need at least one array to concatenate")
+        if axis is None:
+            arrays, axis = [a.reshape(-1) for a in arrays], 0
+        nd = len(arrays[0].shape)
+        ax = norm_axes(axis, nd, "concatenate")[0]
+        for a in arrays:
+            if len(a.shape) != nd or any(s != t for i, (s, t) in enumerate(zip(a.shape, arrays[0].shape)) if i != ax):
+                raise ValueError(f"concatenate: all the input array dimensions except for axis {ax} must match, "
+                                 f"got shapes {[tuple(b.shape) for b in arrays]}")
+        shape = list(arrays[0].shape)
+        shape[ax] = sum(a.shape[ax] for a in arrays)
+        dt = np.result_type(*[a.dtype for a in arrays]) if dtype is None else np.dtype(dtype)
+        res = self.new(tuple(shape), dt)
+        self.charge("elementwise", 0, sum(a.nbytes for a in arrays) + res.nbytes, dt, "concatenate")
+        return res
+
+    def stack(self, arrays, axis=0, out=None, dtype=None):
+        arrays = list(arrays)
+        if not arrays:
+            raise ValueError("need at least one array to stack")
+        if any(a.shape != arrays[0].shape for a in arrays):
+            raise ValueError(f"stack: all input arrays must have the same shape, got {[a.shape for a in arrays]}")
+        ax = norm_axes(axis, arrays[0].ndim + 1, "stack")[0]
+        return self.concatenate([self.expand_dims(a, ax) for a in arrays], axis=ax, dtype=dtype)
+
+    def split(self, a, indices_or_sections, axis=0):
+        return self._split(a, indices_or_sections, axis, strict=True)
+
+    def array_split(self, a, indices_or_sections, axis=0):
+        return self._split(a, indices_or_sections, axis, strict=False)
+
+    def _split(self, a, sections, axis, strict):
+        ax = norm_axes(axis, a.ndim, "split")[0]
+        n = a.shape[ax]
+        if isinstance(sections, (int, np.integer)):
+            k = int(sections)
+            if strict and n % k:
+                raise ValueError("array split does not result in an equal division")
+            q, r = divmod(n, k)
+            bounds = np.cumsum([0] + [q + 1] * r + [q] * (k - r)).tolist()
+        else:
+            bounds = [0] + [min(int(i), n) for i in sections] + [n]
+        out = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            key = (slice(None),) * ax + (slice(lo, max(lo, hi)),)
+            out.append(a[key])
+        return out
+
+    def where(self, cond, x=None, y=None):
+        if x is None:
+            raise ShapeOnlyError("shape-only arrays have no values: np.where(cond) (the indices of True) has a "
+                                 "shape that depends on the data")
+        return self.elementwise(_WHERE, (cond, x, y))
+
+    def copyto(self, dst, src, casting="same_kind", where=True):
+        dst[...] = src
+
+    # reductions and math as functions
+    def sum(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        return self.reduction("sum", a, axis, dtype, out, keepdims)
+
+    def mean(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        return self.reduction("mean", a, axis, dtype, out, keepdims)
+
+    def max(self, a, axis=None, out=None, keepdims=False):
+        return self.reduction("max", a, axis, None, out, keepdims)
+
+    def min(self, a, axis=None, out=None, keepdims=False):
+        return self.reduction("min", a, axis, None, out, keepdims)
+
+    amax, amin = max, min
+
+    def prod(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        return self.reduction("prod", a, axis, dtype, out, keepdims)
+
+    def argmax(self, a, axis=None, out=None, keepdims=False):
+        return self.reduction("argmax", a, axis, None, out, keepdims)
+
+    def var(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        return self.reduction("var", a, axis, dtype, out, keepdims)
+
+    def std(self, a, axis=None, dtype=None, out=None, keepdims=False):
+        return self.reduction("std", a, axis, dtype, out, keepdims)
+
+    def round(self, a, decimals=0):
+        return self.elementwise(np.rint, (a,))
+
+    def dot(self, a, b):
+        return self.matmul(a, b)
+
+    def allclose(self, *a, **k):
+        raise ShapeOnlyError("shape-only arrays have no values: allclose compares values")
+
+    def array_equal(self, *a, **k):
+        raise ShapeOnlyError("shape-only arrays have no values: array_equal compares values")
+
+    def result_type(self, *args):
+        return np.result_type(*[a.dtype if isinstance(a, MetaArray) else a for a in args])
+
+    def may_share_memory(self, a, b, max_work=None):
+        ra = a.base if getattr(a, "base", None) is not None else a
+        rb = b.base if getattr(b, "base", None) is not None else b
+        return ra is rb
+
+    shares_memory = may_share_memory
+
+    # -- the ops -------------------------------------------------------------------------
+    def elementwise(self, ufunc, inputs, out=None, dtype=None, **kw):
+        """A ufunc on arrays and scalars: NumPy's broadcast shape and result dtype."""
+        if isinstance(out, tuple):
+            out = out[0] if len(out) == 1 else out
+        shapes = [x.shape if isinstance(x, (MetaArray, np.ndarray)) else () for x in inputs]
+        s0 = shapes[0]
+        shape = s0 if all(s == s0 for s in shapes) else np.broadcast_shapes(*shapes)
+        if ufunc is _WHERE:
+            dts = (np.result_type(*[x.dtype if isinstance(x, (MetaArray, np.ndarray, np.generic)) else x
+                                    for x in inputs[1:]]),)
+        else:
+            dts = ufunc_dtypes(ufunc, inputs, None if dtype is None else np.dtype(dtype))
+        read = 0
+        for x in inputs:
+            if isinstance(x, (MetaArray, np.ndarray)):
+                read += x.size * x.dtype.itemsize
+        n = 1
+        for s in shape:
+            n *= s
+        if out is None:
+            res = self.new(shape, dts[0])
+        else:
+            if not isinstance(out, MetaArray):
+                raise ShapeOnlyError(f"np.{ufunc.__name__}: out= must be a shape-only array, got {type(out).__name__}")
+            if out.shape != shape:
+                try:
+                    if np.broadcast_shapes(out.shape, shape) != out.shape:
+                        raise ValueError
+                except ValueError:
+                    raise ValueError(f"non-broadcastable output operand with shape {out.shape} doesn't match the "
+                                     f"broadcast shape {shape}") from None
+                n = out.size
+            if not np.can_cast(dts[0], out.dtype, casting="same_kind"):
+                raise np._core._exceptions._UFuncOutputCastingError(ufunc, "same_kind", dts[0], out.dtype, 0) \
+                    if hasattr(np, "_core") else TypeError(f"cannot cast {dts[0]} to {out.dtype}")
+            res = out
+        self.charge("elementwise", n, read + n * res.dtype.itemsize, res.dtype, ufunc.__name__)
+        return res
+
+    def matmul(self, a, b, out=None, **kw):
+        """``a @ b`` with NumPy's rules (1-D operands, batch broadcasting); ``2 n k m`` FLOPs per batch entry."""
+        sa, sb = _shape(a), _shape(b)
+        if not sa or not sb:
+            raise ValueError("matmul: Input operand does not have enough dimensions (a 0-d array or scalar)")
+        a2 = (1,) + sa if len(sa) == 1 else sa
+        b2 = sb + (1,) if len(sb) == 1 else sb
+        n, k = a2[-2], a2[-1]
+        k2, m = b2[-2], b2[-1]
+        if k != k2:
+            raise ValueError(f"matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc "
+                             f"signature (n?,k),(k,m?)->(n?,m?) (size {k2} is different from {k}): shapes {sa} @ {sb}")
+        batch = np.broadcast_shapes(a2[:-2], b2[:-2])
+        shape = batch + ((n,) if len(sa) > 1 else ()) + ((m,) if len(sb) > 1 else ())
+        (dt,) = ufunc_dtypes(np.matmul, (a, b))
+        nb = 1
+        for s in batch:
+            nb *= s
+        res = self.new(shape, dt) if out is None else out
+        if out is not None and out.shape != shape:
+            raise ValueError(f"matmul: out= has shape {out.shape}, the product is {shape}")
+        nbytes = _nbytes(a) + _nbytes(b) + nb * n * m * res.dtype.itemsize
+        self.charge("matmul", 2 * nb * n * k * m, nbytes, dt, "matmul")
+        return res
+
+    def reduction(self, name, a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=True):
+        """sum/mean/max/... over ``axis``: NumPy's shape (keepdims) and dtype; one FLOP per input element."""
+        name = _RED_NAMES.get(name, name)
+        if not isinstance(a, MetaArray):
+            a = self.asarray(a)
+        if name in ("argmax", "argmin") and isinstance(axis, tuple):
+            raise TypeError(f"{name}: axis must be an integer")
+        axes = norm_axes(axis, a.ndim, name)
+        if keepdims:
+            shape = tuple(1 if i in axes else s for i, s in enumerate(a.shape))
+        else:
+            shape = tuple(s for i, s in enumerate(a.shape) if i not in axes)
+        dt = reduce_dtype(name, a.dtype, None if dtype is None else np.dtype(dtype))
+        if out is not None:
+            if out.shape != shape:
+                raise ValueError(f"{name}: out= has shape {out.shape}, the reduction gives {shape}")
+            res = out
+        else:
+            res = self.new(shape, dt)
+        self.charge("reduction", a.size, a.nbytes + res.nbytes, a.dtype, name)
+        return res
+
+    def scatter(self, ufunc, a, indices, b=None):
+        """``np.add.at(a, indices, b)``: reads b and the indices, read-modify-writes the rows of a it names."""
+        target_shape = a[indices].shape  # the gathered shape (charged below, not here)
+        n = 1
+        for s in target_shape:
+            n *= s
+        nbytes = _nbytes(b) + 2 * n * a.dtype.itemsize + _nbytes(indices if not isinstance(indices, tuple)
+                                                                 else indices[0])
+        self.charge("elementwise", n, nbytes, a.dtype, f"{ufunc.__name__}.at")
+
+
+def _where(c, x, y):  # a stand-in object: np.where is not a ufunc
+    raise AssertionError
+
+
+class _WhereUfunc:
+    __name__ = "where"
+    nin, nout = 3, 1
+
+
+_WHERE = _WhereUfunc()
+
+
+def _shape(x):
+    if isinstance(x, (MetaArray, np.ndarray)):
+        return tuple(x.shape)
+    return np.shape(x)
+
+
+def _nbytes(x):
+    if isinstance(x, (MetaArray, np.ndarray)):
+        return x.size * x.dtype.itemsize
+    return 0
+
+
+def is_shape_only(x):
+    """True for a MetaArray or a Meta module (cheap: no import of this package needed by callers)."""
+    return getattr(x, "_shape_only", False) or getattr(x, "shape_only", False) is True
+
+
+__all__ = ["Meta", "MetaRNG", "Costs", "Memory", "OutOfMemoryError", "KINDS", "OP_CLASSES", "is_shape_only"]
+_ = math
