@@ -25,6 +25,8 @@ def get_xp(x):
         import cupy
 
         return cupy
+    if mod.startswith("mlscale.meta"):  # a shape-only array: its own module (mlscale.meta.Meta)
+        return x.xp
     return np
 
 

@@ -270,9 +270,20 @@ class MetaArray:
         last = self.shape[-1] * self.dtype.itemsize // dt.itemsize if self.shape else 1
         return MetaArray(self.shape[:-1] + (last,), dt, self.dev, self.base if self.base is not None else self)
 
+    # -- messages (the sim engine) -------------------------------------------------------
+    def wire(self):
+        """This array as a message on the wire: its shape and dtype (so its nbytes), no device."""
+        return MetaArray(self.shape, self.dtype, None)
+
+    def arrive(self, dev):
+        """A message received on ``dev``: a new buffer there (unowned if dev is None)."""
+        if dev is None:
+            return self if self.dev is None else MetaArray(self.shape, self.dtype, None)
+        return MetaArray(self.shape, self.dtype, dev)
+
     # -- copies --------------------------------------------------------------------------
     def copy(self, order="C"):
-        out = self.dev.new(self.shape, self.dtype)
+        out = self.dev.new(self.shape, self.dtype, (self.base if self.base is not None else self).kind)
         self.dev.charge("elementwise", 0, 2 * self.nbytes, self.dtype, "copy")
         return out
 

@@ -162,7 +162,7 @@ class Meta:
         self.memory = Memory(self.hardware.memory_bytes if self.hardware else None,
                              self.hardware.name if self.hardware else "meta", gpu)
         self.record = record
-        self.log = [] if record else None  # (op, class, flops, bytes, seconds) when record=True
+        self.oplog = [] if record else None  # (op, class, flops, bytes, seconds) when record=True
         self._class = None  # an op-class override (``with xp.op_class("attention")``)
         self._kind = "activations"
         self._compute = None
@@ -268,8 +268,8 @@ class Meta:
             c.time[cls] += t
             if self._compute is not None and t > 0:
                 self._compute(seconds=t, label=cls)
-        if self.log is not None:
-            self.log.append((op, cls, flops, nbytes, t))
+        if self.oplog is not None:
+            self.oplog.append((op, cls, flops, nbytes, t))
 
     def fused(self, op, reads, writes, flops_per_element, dtype=None):
         """Charge one fused elementwise kernel (e.g. Adam: reads p, g, m, v; writes p, m, v)."""

@@ -12,11 +12,20 @@ def is_cupy(x):
     return type(x).__module__.startswith("cupy")
 
 
+def is_shape_only(x):
+    """True for a shape-only array (mlscale.meta.MetaArray) or a shape-only module (mlscale.meta.Meta)."""
+    return getattr(x, "_shape_only", False) is True or getattr(x, "shape_only", False) is True
+
+
 def array_module(*arrays):
-    """numpy or cupy, whichever the arrays belong to (numpy for Python lists and scalars).
+    """numpy or cupy, whichever the arrays belong to (numpy for Python lists and scalars);
+    for shape-only arrays (mlscale.meta) their ``Meta`` module.
 
     Mixed numpy and cupy arrays raise a clear error instead of a slow implicit copy.
     """
+    for a in arrays:
+        if getattr(a, "_shape_only", False) is True and a.dev is not None:
+            return a.dev
     kinds = {is_cupy(a) for a in arrays if a is not None and hasattr(a, "dtype")}
     if len(kinds) > 1:
         raise TypeError("mixed numpy and cupy arrays in one call: move them to one device first "
@@ -29,20 +38,32 @@ def array_module(*arrays):
 
 
 def resolve_xp(xp):
-    """The array module named by ``xp``: None or "numpy" -> numpy, "cupy" -> cupy, or a module."""
-    if xp is None or xp is np or xp == "numpy":
+    """The array module named by ``xp``: None or "numpy" -> numpy, "cupy" -> cupy, or a module;
+    "meta" -> a shared shape-only module (mlscale.meta.Meta.default()), or a ``Meta`` itself."""
+    if xp is None or xp is np or (isinstance(xp, str) and xp == "numpy"):
         return np
+    if getattr(xp, "shape_only", False) is True:
+        return xp
+    if isinstance(xp, str) and xp == "meta":
+        from ..meta import Meta  # imported only when asked: import mlscale stays cheap
+
+        return Meta.default()
     if xp == "cupy" or getattr(xp, "__name__", "") == "cupy":
         try:
             import cupy
         except ImportError as e:
             raise ImportError("xp='cupy' needs CuPy: pip install cupy-cuda12x (and a CUDA GPU)") from e
         return cupy
-    raise ValueError(f"xp must be 'numpy', 'cupy' or one of those modules, got {xp!r}")
+    raise ValueError(f"xp must be 'numpy', 'cupy', 'meta' or one of those modules (or a mlscale.meta.Meta), "
+                     f"got {xp!r}")
 
 
 def to_xp(x, xp):
     """``x`` as an array of module ``xp`` (copies between host and device when needed)."""
     if xp is np:
+        if is_shape_only(x):
+            from ..meta import ShapeOnlyError
+
+            raise ShapeOnlyError("shape-only arrays have no values: moving one to numpy needs the data")
         return x.get() if is_cupy(x) else np.asarray(x)
     return xp.asarray(x)

@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ._xp import array_module, to_xp
+from ._xp import array_module, is_shape_only, to_xp
 from .attention import CausalSelfAttention, Dense
 from .embedding import Embedding, LMHead
 from .layers import GELU, softmax_cross_entropy
@@ -229,7 +229,7 @@ class GPT(Sequential):
             self.layers[-1].tied_to = self.layers[0]
 
     def _check_input(self, idx):
-        idx = to_xp(idx, self.xp) if not hasattr(idx, "dtype") else idx
+        idx = to_xp(idx, self.xp) if not hasattr(idx, "dtype") or is_shape_only(self.xp) else idx
         if (array_module(idx) is np) != (self.xp is np):
             raise TypeError("GPT: the token ids and the model live on different devices: move one of them "
                             "(model.to('cupy'|'numpy') or cupy.asarray(idx) / idx.get())")
