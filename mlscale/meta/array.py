@@ -231,9 +231,10 @@ class MetaArray:
                 raise ValueError(f"cannot reshape array of size {size} into shape {shape}")
         if self.contiguous or _trivial_reshape(self.shape, shape):
             return self._view(shape, self.contiguous)
-        out = self.dev.new(shape, self.dtype)  # NumPy copies a non-contiguous array it cannot view
-        self.dev.charge("elementwise", 0, self.nbytes + out.nbytes, self.dtype, "reshape (copy)")
-        return out
+        # NumPy copies an array it cannot view (in C order, then views the copy as ``shape``)
+        out = self.dev.new(self.shape, self.dtype)
+        self.dev.charge("elementwise", 0, 2 * self.nbytes, self.dtype, "reshape (copy)")
+        return out._view(shape, True)
 
     def ravel(self):
         return self.reshape(-1)
