@@ -301,3 +301,59 @@ def test_data_parallel_step_on_sim_sends_the_real_runs_messages():
         assert (kind_r, kind_m, rs_r) == ("ndarray", "MetaArray", rs_m)
         assert t_meta == pytest.approx(t_real + compute, rel=1e-12)  # symmetric ranks: compute adds up
     assert {s.label for s in meta.trace.spans} >= {"matmul", "attention", "elementwise"}
+
+
+def _keys(res):
+    return [(m.src, m.dst, m.nbytes, m.tag, m.label) for m in res.trace.messages]
+
+
+def _collectives(comm, meta, p):
+    dev = Meta(comm=comm) if meta else None
+    x = np.arange(7 * p + 3, dtype=np.float32) + comm.rank  # a length p does not divide
+    x = dev.asarray(x) if meta else x
+    out = []
+    for algo in (None, "ring", "recursive_doubling", "rabenseifner", "tree", "naive"):
+        out.append(comm.all_reduce(x, algorithm=algo))
+    for algo in (None, "ring", "recursive_halving", "naive"):
+        out.append(comm.reduce_scatter(x, algorithm=algo))
+    for algo in (None, "ring", "recursive_doubling", "naive"):
+        out.append(comm.all_gather(x[:5], algorithm=algo))
+    out.append(comm.broadcast(x, root=1))
+    out.append(comm.reduce(x, root=2, op="max"))
+    pieces = [x[:3] * 1.0 for _ in range(p)]
+    for algo in (None, "pairwise", "bruck"):
+        out += comm.all_to_all(pieces, algorithm=algo)
+    return [None if o is None else (o.shape, o.dtype.str, type(o).__name__) for o in out]
+
+
+@pytest.mark.parametrize("p", [3, 4])
+def test_collectives_move_meta_arrays_with_the_real_messages(p):
+    real = ms.launch(_collectives, world_size=p, args=(False, p))
+    meta = ms.launch(_collectives, world_size=p, args=(True, p))
+    assert _keys(real) == _keys(meta) and len(_keys(real)) > 50
+    for r, m in zip(real, meta):
+        assert [o and o[:2] for o in r] == [o and o[:2] for o in m]
+        assert {o[2] for o in m if o} == {"MetaArray"}
+
+
+def _tp_step(comm, meta, sp):
+    from mlscale.parallel.three_d import tp_gpt
+
+    cfg = GPTConfig(vocab_size=13, seq_len=8, d_model=16, num_heads=4, num_layers=2)
+    dev = Meta("A100-80GB-SXM", comm=comm) if meta else None
+    model = tp_gpt(comm, cfg, sequence_parallel=sp, dtype=np.float32, xp=dev)
+    idx = np.zeros((2, 8), np.int64)
+    model.loss_and_grad(idx, idx)
+    for layer in model.layers:
+        if hasattr(layer, "sync_grads"):
+            layer.sync_grads()
+    return comm.clock, dev.costs.seconds if meta else 0.0
+
+
+@pytest.mark.parametrize("sp", [False, True], ids=["tp", "tp+sp"])
+def test_tensor_parallel_gpt_on_meta_sends_the_real_runs_messages(sp):
+    real = ms.launch(_tp_step, world_size=2, args=(False, sp))
+    meta = ms.launch(_tp_step, world_size=2, args=(True, sp))
+    assert _keys(real) == _keys(meta) and len(_keys(real)) >= 32
+    for (t_real, _), (t_meta, compute) in zip(real, meta):
+        assert t_meta == pytest.approx(t_real + compute, rel=1e-9)

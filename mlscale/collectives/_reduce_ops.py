@@ -30,6 +30,12 @@ def get_xp(x):
     return np
 
 
+def buffer_xp(comm, x):
+    """The module to allocate a collective's buffers for ``x``: ``comm.xp``, or for a
+    shape-only array (mlscale.meta) its own module, so no real memory is touched."""
+    return x.xp if getattr(x, "_shape_only", False) is True else comm.xp
+
+
 def reduce_into(acc, x, op):
     """acc <- acc (op) x, in place. Returns acc."""
     xp = get_xp(acc)

@@ -21,7 +21,6 @@ by kind: "params" and "grads" (a model's flat buffers), "optimizer" (its state),
 :class:`OutOfMemoryError`, worded like PyTorch's CUDA allocator.
 """
 import contextlib
-import math
 
 import numpy as np
 
@@ -99,6 +98,7 @@ class _Ufunc:
         return self.dev.reduction(self.ufunc.__name__, a, axis, dtype, out, keepdims)
 
 
+_BROADCAST = {}  # (shapes) -> broadcast shape: the same few shapes recur in every layer
 _RED_NAMES = {"add": "sum", "multiply": "prod", "maximum": "max", "minimum": "min"}
 
 
@@ -256,8 +256,8 @@ class Meta:
     # -- costs ---------------------------------------------------------------------------
     def charge(self, cls, flops, nbytes, dtype, op=""):
         """Add one op's FLOPs and bytes (class ``cls``, or the ``op_class`` in force) and its time."""
-        if self._class is not None and cls in ("matmul", "elementwise", "reduction"):
-            cls = self._class if cls == "matmul" or self._class != "attention" else cls
+        if self._class is not None and (cls == "matmul" or self._class != "attention"):
+            cls = self._class  # inside op_class("attention") only the matmuls change class
         c = self.costs
         c.flops[cls] += flops
         c.bytes[cls] += nbytes
@@ -489,9 +489,16 @@ class Meta:
         """A ufunc on arrays and scalars: NumPy's broadcast shape and result dtype."""
         if isinstance(out, tuple):
             out = out[0] if len(out) == 1 else out
-        shapes = [x.shape if isinstance(x, (MetaArray, np.ndarray)) else () for x in inputs]
+        shapes = tuple(x.shape if isinstance(x, (MetaArray, np.ndarray)) else () for x in inputs)
         s0 = shapes[0]
-        shape = s0 if all(s == s0 for s in shapes) else np.broadcast_shapes(*shapes)
+        if all(s == s0 for s in shapes):
+            shape = s0
+        else:
+            shape = _BROADCAST.get(shapes)
+            if shape is None:
+                shape = np.broadcast_shapes(*shapes)
+                if len(_BROADCAST) < 65536:
+                    _BROADCAST[shapes] = shape
         if ufunc is _WHERE:
             dts = (np.result_type(*[x.dtype if isinstance(x, (MetaArray, np.ndarray, np.generic)) else x
                                     for x in inputs[1:]]),)
@@ -582,11 +589,8 @@ class Meta:
         self.charge("elementwise", n, nbytes, a.dtype, f"{ufunc.__name__}.at")
 
 
-def _where(c, x, y):  # a stand-in object: np.where is not a ufunc
-    raise AssertionError
-
-
 class _WhereUfunc:
+    """np.where(cond, x, y) is not a ufunc; this stands for it in ``elementwise``."""
     __name__ = "where"
     nin, nout = 3, 1
 
@@ -612,4 +616,3 @@ def is_shape_only(x):
 
 
 __all__ = ["Meta", "MetaRNG", "Costs", "Memory", "OutOfMemoryError", "KINDS", "OP_CLASSES", "is_shape_only"]
-_ = math
