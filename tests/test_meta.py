@@ -357,3 +357,31 @@ def test_tensor_parallel_gpt_on_meta_sends_the_real_runs_messages(sp):
     assert _keys(real) == _keys(meta) and len(_keys(real)) >= 32
     for (t_real, _), (t_meta, compute) in zip(real, meta):
         assert t_meta == pytest.approx(t_real + compute, rel=1e-9)
+
+
+def _pipeline_step(comm, meta, schedule):
+    from mlscale.parallel.pipeline import PipelineParallel
+
+    cfg = GPTConfig(vocab_size=13, seq_len=8, d_model=16, num_heads=4, num_layers=4)
+    dev = Meta("A100-80GB-SXM", comm=comm) if meta else None
+    pipe = PipelineParallel(comm, GPT(cfg, dtype=np.float32, xp=dev), 4, schedule, times=(0.0, 0.0))
+    x = np.zeros((8, 8), np.int64)
+    dev and dev.memory.reset_peak()
+    pipe.step(x, x)
+    return dev.memory.at_peak["activations"] if meta else 0
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_on_meta_sends_the_real_runs_messages(schedule):
+    real = ms.launch(_pipeline_step, world_size=2, args=(False, schedule))
+    meta = ms.launch(_pipeline_step, world_size=2, args=(True, schedule))
+    # the same messages; their order in time differs: the meta run spends roofline compute time
+    assert sorted(_keys(real)) == sorted(_keys(meta)) and len(_keys(real)) == 2 * 4
+    assert all(a > 0 for a in meta)
+
+
+def test_one_f_one_b_holds_fewer_activations_than_gpipe_on_meta():
+    gpipe = ms.launch(_pipeline_step, world_size=2, args=(True, "gpipe"))
+    f1b = ms.launch(_pipeline_step, world_size=2, args=(True, "1f1b"))
+    # 4 micro-batches in flight under GPipe; at most p - stage under 1F1B (Narayanan et al. 2021)
+    assert f1b[0] < gpipe[0] and f1b[1] < gpipe[1] and f1b[1] < f1b[0]
