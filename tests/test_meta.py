@@ -100,6 +100,10 @@ def test_shapes_and_dtypes_equal_numpys(name, f):
     (lambda a: a.T.reshape(-1), False), (lambda a: a.transpose(0, 2, 1).reshape(2, 12), False),
     (lambda a: a[[0, 1]], False), (lambda a: a.astype(np.float32, copy=False), True),
     (lambda a: a.astype(np.float64, copy=False), False),
+    (lambda a: a.transpose(1, 0, 2).reshape(3, 2, 2, 2), True),  # splitting a transposed axis: still a view
+    (lambda a: a.transpose(1, 0, 2).reshape(3, 8), False), (lambda a: a[:, ::2].reshape(-1), False),
+    (lambda a: a[:, :, ::2].reshape(2, 3, 1, 2), True), (lambda a: a[..., None, 1:].squeeze(), True),
+    (lambda a: np.broadcast_to(a[:, :1], (2, 3, 4)), True),
 ])
 def test_views_allocate_nothing_and_copies_do_as_numpy(f, view):
     assert np.shares_memory(f(A), A) == view  # NumPy's answer
@@ -109,6 +113,7 @@ def test_views_allocate_nothing_and_copies_do_as_numpy(f, view):
     out = f(a)
     assert dev.may_share_memory(out, a) == view
     assert dev.memory.allocated - before == (0 if view else out.nbytes)
+    assert (out.shape, out.strides, out.flags.c_contiguous) == (f(A).shape, f(A).strides, f(A).flags.c_contiguous)
 
 
 def test_split_qkv_and_merge_heads_are_views_and_copies_as_in_numpy():
@@ -118,10 +123,12 @@ def test_split_qkv_and_merge_heads_are_views_and_copies_as_in_numpy():
     q, k, v = split_qkv(x, 2)
     y = q @ k.swapaxes(-1, -2) @ v  # (batch, heads, seq, head_dim), a new array as attention's output
     assert np.shares_memory(q, x) and not np.shares_memory(merge_heads(y), y)  # NumPy
+    assert np.shares_memory(merge_heads(q), x)  # (q's heads sit side by side in qkv: NumPy views them)
     dev = Meta()
     mx = dev.asarray(x)
     mq, mk, mv = split_qkv(mx, 2)
     assert (mq.shape, mk.shape, mv.shape) == (q.shape, k.shape, v.shape) and dev.may_share_memory(mq, mx)
+    assert dev.may_share_memory(merge_heads(mq), mx)  # the same view on meta
     my = mq @ mk.swapaxes(-1, -2) @ mv
     before = dev.memory.allocated
     m = merge_heads(my)

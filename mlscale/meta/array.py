@@ -115,13 +115,13 @@ class MetaArray:
     garbage-collected (CPython frees it when the last reference goes, as a CUDA caching
     allocator would see it), tagged ``kind`` ("params", "grads", "optimizer", "activations")."""
 
-    __slots__ = ("shape", "dtype", "base", "dev", "kind", "contiguous", "__weakref__")
+    __slots__ = ("shape", "dtype", "base", "dev", "kind", "layout", "__weakref__")
     __array_priority__ = 1000
     _shape_only = True
     __hash__ = None
 
-    def __init__(self, shape, dtype, dev=None, base=None, kind=None, contiguous=True):
-        self.shape, self.dtype, self.base, self.dev, self.contiguous = shape, dtype, base, dev, contiguous
+    def __init__(self, shape, dtype, dev=None, base=None, kind=None, layout=None):
+        self.shape, self.dtype, self.base, self.dev, self.layout = shape, dtype, base, dev, layout
         self.kind = kind
         if base is None and dev is not None:
             dev._alloc(self)
@@ -152,7 +152,16 @@ class MetaArray:
 
     @property
     def flags(self):
-        return _Flags(self.contiguous)
+        return _Flags(self.layout is None)
+
+    @property
+    def contiguous(self):
+        """C-contiguous (as NumPy's ``flags.c_contiguous``)."""
+        return self.layout is None
+
+    @property
+    def strides(self):
+        return _layout(self).strides
 
     @property
     def xp(self):
@@ -207,8 +216,11 @@ class MetaArray:
         no_values("x.get() (copying to the host)")
 
     # -- views ---------------------------------------------------------------------------
-    def _view(self, shape, contiguous):
-        return MetaArray(shape, self.dtype, self.dev, self.base if self.base is not None else self, None, contiguous)
+    def _view(self, shape, layout=None):
+        """A view (no memory); ``layout``: a zero-memory strided dummy, None when C-contiguous."""
+        if layout is not None and layout.flags.c_contiguous:
+            layout = None
+        return MetaArray(shape, self.dtype, self.dev, self.base if self.base is not None else self, None, layout)
 
     def reshape(self, *shape, order="C", copy=None):
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
@@ -229,12 +241,16 @@ class MetaArray:
                 n *= s
             if n != size:
                 raise ValueError(f"cannot reshape array of size {size} into shape {shape}")
-        if self.contiguous or _trivial_reshape(self.shape, shape):
-            return self._view(shape, self.contiguous)
+        if self.layout is None:
+            return self._view(shape)
+        try:  # NumPy's own answer on the strided dummy: a view if the strides allow one
+            return self._view(shape, self.layout.reshape(shape, copy=False))
+        except ValueError:
+            pass
         # NumPy copies an array it cannot view (in C order, then views the copy as ``shape``)
         out = self.dev.new(self.shape, self.dtype)
         self.dev.charge("elementwise", 0, 2 * self.nbytes, self.dtype, "reshape (copy)")
-        return out._view(shape, True)
+        return out._view(shape)
 
     def ravel(self):
         return self.reshape(-1)
@@ -250,9 +266,8 @@ class MetaArray:
         axes = norm_axes(tuple(axes), self.ndim, "transpose")
         if sorted(axes) != list(range(self.ndim)):
             raise ValueError(f"transpose: axes {axes} don't match an array of {self.ndim} dimensions")
-        shape = tuple(self.shape[a] for a in axes)
-        moved = [a for a in axes if self.shape[a] != 1]
-        return self._view(shape, self.contiguous and moved == sorted(moved))
+        lay = _layout(self).transpose(axes)
+        return self._view(lay.shape, lay)
 
     def swapaxes(self, a, b):
         axes = list(range(self.ndim))
@@ -261,12 +276,12 @@ class MetaArray:
         return self.transpose(axes)
 
     def squeeze(self, axis=None):
-        axes = [i for i, s in enumerate(self.shape) if s == 1] if axis is None else norm_axes(axis, self.ndim, "squeeze")
-        return self._view(tuple(s for i, s in enumerate(self.shape) if i not in axes), self.contiguous)
+        lay = _layout(self).squeeze(axis)
+        return self._view(lay.shape, lay)
 
     def view(self, dtype=None):
         if dtype is None:
-            return self._view(self.shape, self.contiguous)
+            return self._view(self.shape, self.layout)
         dt = np.dtype(dtype)
         last = self.shape[-1] * self.dtype.itemsize // dt.itemsize if self.shape else 1
         return MetaArray(self.shape[:-1] + (last,), dt, self.dev, self.base if self.base is not None else self)
@@ -301,15 +316,17 @@ class MetaArray:
 
     # -- indexing ----------------------------------------------------------------------
     def __getitem__(self, key):
-        shape, basic, contig = index_shape(self.shape, key)
-        if basic:
-            return self._view(shape, self.contiguous and contig)
+        ks = key if isinstance(key, tuple) else (key,)
+        if not any(_is_index_array(k) for k in ks):  # basic indexing: NumPy's view of the strided dummy
+            lay = _layout(self)[key]
+            return self._view(lay.shape, lay)
+        shape = index_shape(self.shape, key)[0]
         out = self.dev.new(shape, self.dtype)
         self.dev.charge("elementwise", 0, 2 * out.nbytes + _index_bytes(key), self.dtype, "gather")
         return out
 
     def __setitem__(self, key, value):
-        shape, basic, _ = index_shape(self.shape, key)
+        shape, basic = index_shape(self.shape, key)
         vshape = _shape_of(value)
         try:
             np.broadcast_shapes(vshape, shape)
@@ -380,11 +397,6 @@ class MetaArray:
         return self.dev.reduction("all", self, axis, None, out, keepdims)
 
 
-def _trivial_reshape(old, new):
-    """Reshapes that only add or drop axes of length 1 are views of any array."""
-    return tuple(s for s in old if s != 1) == tuple(s for s in new if s != 1)
-
-
 def _index_bytes(key):
     ks = key if isinstance(key, tuple) else (key,)
     return sum(k.nbytes for k in ks if isinstance(k, (MetaArray, np.ndarray)))
@@ -408,12 +420,36 @@ def _device_of(args, out):
 
 
 _BASIC_CACHE = {}
+_LAYOUTS = {}
+_BUF = {}
+
+
+def _layout(a):
+    """A zero-memory ndarray with ``a``'s shape and NumPy's strides (``as_strided`` over one
+    element: only view operations ever touch it, so NumPy decides views and copies exactly)."""
+    if a.layout is not None:
+        return a.layout
+    k = (a.shape, a.dtype)
+    lay = _LAYOUTS.get(k)
+    if lay is None:
+        buf = _BUF.get(a.dtype)
+        if buf is None:
+            buf = _BUF[a.dtype] = np.empty(1, a.dtype)
+        strides, acc = [], a.dtype.itemsize
+        for n in reversed(a.shape):
+            strides.append(acc)
+            acc *= max(n, 1)
+        lay = np.lib.stride_tricks.as_strided(buf, a.shape, tuple(reversed(strides)), writeable=False)
+        if len(_LAYOUTS) > 8192:
+            _LAYOUTS.clear()
+        _LAYOUTS[k] = lay
+    return lay
 
 
 def index_shape(shape, key):
-    """``(result shape, is_basic, contiguous)`` of ``a[key]`` for an array of ``shape``, by NumPy's rules."""
+    """``(result shape, is_basic)`` of ``a[key]`` for an array of ``shape``, by NumPy's rules."""
     ks = key if isinstance(key, tuple) else (key,)
-    if not any(_is_index_array(k) for k in ks):  # basic indexing: a view
+    if not any(_is_index_array(k) for k in ks):  # basic indexing: on a zero-strided dummy
         ck = None
         try:
             ck = (shape, ks)
@@ -422,11 +458,7 @@ def index_shape(shape, key):
             hit, ck = None, None
         if hit is not None:
             return hit
-        for k in ks:
-            if isinstance(k, MetaArray):
-                no_values("an index held in a shape-only array")
-        r = np.broadcast_to(np.empty((), np.uint8), shape)[key].shape
-        r = (r, True, _contiguous_key(shape, ks))
+        r = (np.broadcast_to(np.empty((), np.uint8), shape)[key].shape, True)
         if ck is not None and len(_BASIC_CACHE) < 4096:
             _BASIC_CACHE[ck] = r
         return r
@@ -458,30 +490,7 @@ def index_shape(shape, key):
         pos = sum(1 for k in items[:adv[0]] if k is None or isinstance(k, slice))
     else:
         pos = 0
-    return rest[:pos] + tuple(bshape) + rest[pos:], False, True
-
-
-def _contiguous_key(shape, ks):
-    """A basic index keeps C order when it takes ints on leading axes, then at most one
-    step-1 slice, then whole axes (approximates NumPy's flags for the layouts used here)."""
-    i, n = 0, len(shape)
-    ks = [k for k in ks if k is not None]
-    if Ellipsis in ks:
-        j = ks.index(Ellipsis)
-        ks = ks[:j] + [slice(None)] * (n - len(ks) + 1) + ks[j + 1:]
-    while i < len(ks) and isinstance(ks[i], (int, np.integer)):
-        i += 1
-    if i < len(ks) and isinstance(ks[i], slice):
-        if ks[i].step not in (None, 1):
-            return False
-        i += 1
-    for j in range(i, len(ks)):
-        k = ks[j]
-        if not (isinstance(k, slice) and k == slice(None)):
-            start, stop, step = k.indices(shape[j]) if isinstance(k, slice) else (0, 0, 0)
-            if not (isinstance(k, slice) and (start, stop, step) == (0, shape[j], 1)):
-                return False
-    return True
+    return rest[:pos] + tuple(bshape) + rest[pos:], False
 
 
 def _binop(ufunc, reflected=False, inplace=False):

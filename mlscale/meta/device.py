@@ -24,7 +24,7 @@ import contextlib
 
 import numpy as np
 
-from .array import MetaArray, ShapeOnlyError, norm_axes, reduce_dtype, ufunc_dtypes
+from .array import MetaArray, ShapeOnlyError, index_shape, norm_axes, reduce_dtype, ufunc_dtypes
 
 KINDS = ("params", "grads", "optimizer", "activations")
 OP_CLASSES = ("matmul", "attention", "elementwise", "reduction")
@@ -330,7 +330,7 @@ class Meta:
     array = asarray
 
     def ascontiguousarray(self, a, dtype=None):
-        if isinstance(a, MetaArray) and a.contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+        if isinstance(a, MetaArray) and a.layout is None and (dtype is None or np.dtype(dtype) == a.dtype):
             return a
         return self.asarray(a).copy() if isinstance(a, MetaArray) else self.asarray(a, dtype)
 
@@ -343,9 +343,10 @@ class Meta:
     triu = tril
 
     def broadcast_to(self, a, shape):
-        shape = tuple(shape)
-        np.broadcast_shapes(a.shape, shape)
-        return MetaArray(shape, a.dtype, self, a.base if a.base is not None else a, None, False)
+        from .array import _layout
+
+        lay = np.broadcast_to(_layout(a), tuple(shape))
+        return a._view(lay.shape, lay)
 
     # -- shape functions ---------------------------------------------------------------
     def shape(self, a):
@@ -580,7 +581,7 @@ class Meta:
 
     def scatter(self, ufunc, a, indices, b=None):
         """``np.add.at(a, indices, b)``: reads b and the indices, read-modify-writes the rows of a it names."""
-        target_shape = a[indices].shape  # the gathered shape (charged below, not here)
+        target_shape = index_shape(a.shape, indices)[0]  # the rows it names
         n = 1
         for s in target_shape:
             n *= s
