@@ -392,3 +392,19 @@ def test_one_f_one_b_holds_fewer_activations_than_gpipe_on_meta():
     f1b = ms.launch(_pipeline_step, world_size=2, args=(True, "1f1b"))
     # 4 micro-batches in flight under GPipe; at most p - stage under 1F1B (Narayanan et al. 2021)
     assert f1b[0] < gpipe[0] and f1b[1] < gpipe[1] and f1b[1] < f1b[0]
+
+
+def test_xp_meta_string_and_summary():
+    model = GPT(CFG, dtype=np.float32, xp="meta")
+    dev = model.xp
+    assert isinstance(dev, Meta) and dev.hardware is None and GPT(CFG, xp="meta").xp is not dev  # one per model
+    model.loss_and_grad(np.zeros((2, 10), np.int64), np.zeros((2, 10), np.int64))
+    assert dev.costs.seconds == 0 and dev.costs.flops["matmul"] > 0  # no hardware: counts only
+    text = dev.summary()
+    assert f"{dev.costs.flops['matmul']:.4g} FLOPs" in text and f"params {4 * model.num_params / 2**30:.3f}" in text
+
+
+def test_an_array_of_no_device_says_how_to_fix_it():
+    orphan = Meta().asarray(A).wire()  # what a message is on the wire
+    with pytest.raises(ShapeOnlyError, match=r"Meta\(hardware, comm=comm\)"):
+        orphan + 1.0

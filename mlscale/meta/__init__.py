@@ -10,7 +10,8 @@
 Like JAX's ``jax.eval_shape`` and PyTorch's ``meta`` device, but every op also costs
 time on a roofline model of a named accelerator (``hardware.py``), charged to the rank's
 virtual clock on the ``sim`` engine, and the cluster's links come from presets
-(``cluster_network("DGX-A100")``). ``xp="meta"`` names a shared counting-only device.
+(``cluster_network("DGX-A100")``). ``xp="meta"`` makes a counting-only ``Meta()`` (no
+hardware: FLOPs, bytes and memory, no time); read it back as ``model.xp``.
 """
 from .array import MetaArray, ShapeOnlyError
 from .device import KINDS, OP_CLASSES, Costs, Memory, Meta, OutOfMemoryError, is_shape_only

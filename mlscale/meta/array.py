@@ -6,11 +6,13 @@ JAX's ``eval_shape``), whose every operation reports its FLOPs and bytes to a de
 
 Shapes and dtypes follow NumPy exactly: broadcasting by ``np.broadcast_shapes``, result
 dtypes by the ufunc's own resolution (``ufunc.resolve_dtypes``, NEP 50 weak Python
-scalars), reductions by calling NumPy on a one-element dummy, basic indexing on a
-zero-strided dummy (``np.broadcast_to``: no memory), advanced (integer-array) indexing
-by NumPy's rule (the broadcast index shape replaces the indexed axes in place when they
-are adjacent, else goes first). Views (reshape of a contiguous array, transpose, basic
-slices) share their ``base`` and allocate nothing; copies allocate on the device.
+scalars), reductions by calling NumPy on a one-element dummy, advanced (integer-array)
+indexing by NumPy's rule (the broadcast index shape replaces the indexed axes in place
+when they are adjacent, else goes first). Views and copies are NumPy's own decision: a
+non-contiguous array keeps a zero-memory strided dummy (``as_strided`` over one element,
+only ever viewed, never read) on which NumPy does transpose, basic indexing,
+``broadcast_to`` and ``reshape(copy=False)``; a view shares its ``base`` and allocates
+nothing, a copy allocates on the device.
 
 Cost conventions (per op, charged by :meth:`mlscale.meta.Meta.charge`):
 matmul ``(..., n, k) @ (..., k, m)``: ``2 n k m`` FLOPs per batch entry; an elementwise op:
@@ -33,6 +35,30 @@ def no_values(op):
     raise ShapeOnlyError(f"shape-only arrays have no values: {op} needs the data. Run this part with "
                          f"xp='numpy' on a small size, or keep it out of the shape-only program "
                          f"(mlscale.meta computes shapes, FLOPs, bytes and time only)")
+
+
+class _NoDevice:
+    """The device of a message on the wire (and of one received on a rank with no Meta):
+    it holds no memory, and any op on it says how to give the rank a device."""
+
+    shape_only = False
+
+    def _alloc(self, a):
+        pass
+
+    def _free(self, a):
+        pass
+
+    def __getattr__(self, name):
+        raise ShapeOnlyError("mlscale.meta: an op on shape-only arrays that belong to no device (a message "
+                             "received on a rank without a Meta): make each rank's module with "
+                             "Meta(hardware, comm=comm)")
+
+    def __repr__(self):
+        return "NO_DEVICE"
+
+
+NO_DEVICE = _NoDevice()
 
 
 class _Flags:
@@ -289,12 +315,12 @@ class MetaArray:
     # -- messages (the sim engine) -------------------------------------------------------
     def wire(self):
         """This array as a message on the wire: its shape and dtype (so its nbytes), no device."""
-        return MetaArray(self.shape, self.dtype, None)
+        return MetaArray(self.shape, self.dtype, NO_DEVICE)
 
     def arrive(self, dev):
-        """A message received on ``dev``: a new buffer there (unowned if dev is None)."""
+        """A message received on ``dev``: a new buffer there (on no device if dev is None)."""
         if dev is None:
-            return self if self.dev is None else MetaArray(self.shape, self.dtype, None)
+            return self if self.dev is NO_DEVICE else MetaArray(self.shape, self.dtype, NO_DEVICE)
         return MetaArray(self.shape, self.dtype, dev)
 
     # -- copies --------------------------------------------------------------------------
@@ -404,19 +430,17 @@ def _index_bytes(key):
 
 def _device_of(args, out):
     for a in args:
-        if isinstance(a, MetaArray) and a.dev is not None:
+        if isinstance(a, MetaArray) and a.dev is not NO_DEVICE:
             return a.dev
         if isinstance(a, (list, tuple)):
             for b in a:
-                if isinstance(b, MetaArray) and b.dev is not None:
+                if isinstance(b, MetaArray) and b.dev is not NO_DEVICE:
                     return b.dev
     if isinstance(out, tuple):
         out = out[0] if out else None
-    if isinstance(out, MetaArray) and out.dev is not None:
+    if isinstance(out, MetaArray) and out.dev is not NO_DEVICE:
         return out.dev
-    from .device import Meta
-
-    return Meta.default()
+    return NO_DEVICE
 
 
 _BASIC_CACHE = {}
@@ -493,17 +517,25 @@ def index_shape(shape, key):
     return rest[:pos] + tuple(bshape) + rest[pos:], False
 
 
+def _dev2(a, b):
+    """The device an op of a and b is charged to: a's, else b's (a message meets a local array)."""
+    d = a.dev
+    if d is NO_DEVICE and isinstance(b, MetaArray):
+        return b.dev
+    return d
+
+
 def _binop(ufunc, reflected=False, inplace=False):
     if inplace:
         def f(self, other):
-            self.dev.elementwise(ufunc, (self, other), out=self)
+            _dev2(self, other).elementwise(ufunc, (self, other), out=self)
             return self
     elif reflected:
         def f(self, other):
-            return self.dev.elementwise(ufunc, (other, self))
+            return _dev2(self, other).elementwise(ufunc, (other, self))
     else:
         def f(self, other):
-            return self.dev.elementwise(ufunc, (self, other))
+            return _dev2(self, other).elementwise(ufunc, (self, other))
     return f
 
 
@@ -520,8 +552,8 @@ MetaArray.__neg__ = lambda self: self.dev.elementwise(np.negative, (self,))
 MetaArray.__pos__ = lambda self: self.dev.elementwise(np.positive, (self,))
 MetaArray.__abs__ = lambda self: self.dev.elementwise(np.absolute, (self,))
 MetaArray.__invert__ = lambda self: self.dev.elementwise(np.invert, (self,))
-MetaArray.__matmul__ = lambda self, o: self.dev.matmul(self, o)
-MetaArray.__rmatmul__ = lambda self, o: self.dev.matmul(o, self)
+MetaArray.__matmul__ = lambda self, o: _dev2(self, o).matmul(self, o)
+MetaArray.__rmatmul__ = lambda self, o: _dev2(self, o).matmul(o, self)
 
 
 def _imatmul(self, o):
@@ -531,4 +563,4 @@ def _imatmul(self, o):
 
 MetaArray.__imatmul__ = _imatmul
 
-__all__ = ["MetaArray", "ShapeOnlyError", "index_shape", "ufunc_dtypes"]
+__all__ = ["MetaArray", "ShapeOnlyError", "NO_DEVICE", "index_shape", "ufunc_dtypes"]

@@ -24,7 +24,7 @@ import contextlib
 
 import numpy as np
 
-from .array import MetaArray, ShapeOnlyError, index_shape, norm_axes, reduce_dtype, ufunc_dtypes
+from .array import NO_DEVICE, MetaArray, ShapeOnlyError, index_shape, norm_axes, reduce_dtype, ufunc_dtypes
 
 KINDS = ("params", "grads", "optimizer", "activations")
 OP_CLASSES = ("matmul", "attention", "elementwise", "reduction")
@@ -149,7 +149,6 @@ class Meta:
 
     shape_only = True
     __name__ = "mlscale.meta"
-    _default = None
 
     def __init__(self, hardware=None, comm=None, allow_tf32=False, record=False):
         from .hardware import Hardware, get_hardware
@@ -176,13 +175,6 @@ class Meta:
         self.random = _Random(self)
         self._ufuncs = {}
 
-    @classmethod
-    def default(cls):
-        """A shared counting-only device (``xp="meta"``; arrays made with no device)."""
-        if cls._default is None:
-            cls._default = cls()
-        return cls._default
-
     def __repr__(self):
         return f"Meta({self.hardware.name if self.hardware else None!r})"
 
@@ -200,6 +192,17 @@ class Meta:
             return attr  # np.float32, np.inf, np.pi, np.newaxis, np.dtype
         raise AttributeError(f"mlscale.meta has no {name!r}: add it to mlscale/meta/device.py, "
                              f"or run this part with xp='numpy'")
+
+    def summary(self):
+        """A small table: FLOPs, bytes and roofline seconds per op class; memory by kind (GiB)."""
+        c, m = self.costs, self.memory
+        rows = [f"{self!r}: {c.ops} ops, {c.total_flops:.4g} FLOPs, {c.total_bytes:.4g} bytes, {c.seconds:.4g} s"]
+        for k in OP_CLASSES:
+            rows.append(f"  {k:<12} {c.flops[k]:>12.4g} FLOPs {c.bytes[k]:>12.4g} B {c.time[k]:>10.4g} s")
+        rows.append(f"  memory: peak {m.peak / GiB:.3f} GiB" +
+                    (f" of {m.capacity / GiB:.2f} GiB" if m.capacity else "") + "; at the peak " +
+                    ", ".join(f"{k} {v / GiB:.3f}" for k, v in m.at_peak.items()) + " GiB")
+        return "\n".join(rows)
 
     # -- tags ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -231,7 +234,7 @@ class Meta:
         kind = a.kind or self._kind
         a.kind = kind
         if m.capacity is not None and m.allocated + n > m.capacity:
-            a.dev = None  # never counted, so never freed
+            a.dev = NO_DEVICE  # never counted, so never freed
             by = ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in m.live.items())
             raise OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate {n / GiB:.2f} GiB (GPU {m.gpu}; {m.capacity / GiB:.2f} GiB "
@@ -321,7 +324,7 @@ class Meta:
     def asarray(self, a, dtype=None, kind=None):
         """A shape-only array of ``a``'s shape and dtype (a MetaArray of this device: itself)."""
         if isinstance(a, MetaArray):
-            if a.dev is self or a.dev is None:
+            if a.dev is self:
                 return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
             return self.new(a.shape, a.dtype if dtype is None else np.dtype(dtype), kind)
         src = np.asarray(a) if not hasattr(a, "shape") else a

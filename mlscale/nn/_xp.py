@@ -24,7 +24,7 @@ def array_module(*arrays):
     Mixed numpy and cupy arrays raise a clear error instead of a slow implicit copy.
     """
     for a in arrays:
-        if getattr(a, "_shape_only", False) is True and a.dev is not None:
+        if getattr(a, "_shape_only", False) is True and a.dev.shape_only:
             return a.dev
     kinds = {is_cupy(a) for a in arrays if a is not None and hasattr(a, "dtype")}
     if len(kinds) > 1:
@@ -39,7 +39,8 @@ def array_module(*arrays):
 
 def resolve_xp(xp):
     """The array module named by ``xp``: None or "numpy" -> numpy, "cupy" -> cupy, or a module;
-    "meta" -> a shared shape-only module (mlscale.meta.Meta.default()), or a ``Meta`` itself."""
+    "meta" -> a new counting-only shape-only module (``mlscale.meta.Meta()``: FLOPs, bytes
+    and memory, no hardware), or a ``Meta`` itself (``Meta("H100-SXM", comm=comm)``)."""
     if xp is None or xp is np or (isinstance(xp, str) and xp == "numpy"):
         return np
     if getattr(xp, "shape_only", False) is True:
@@ -47,7 +48,7 @@ def resolve_xp(xp):
     if isinstance(xp, str) and xp == "meta":
         from ..meta import Meta  # imported only when asked: import mlscale stays cheap
 
-        return Meta.default()
+        return Meta()
     if xp == "cupy" or getattr(xp, "__name__", "") == "cupy":
         try:
             import cupy
