@@ -408,3 +408,25 @@ def test_an_array_of_no_device_says_how_to_fix_it():
     orphan = Meta().asarray(A).wire()  # what a message is on the wire
     with pytest.raises(ShapeOnlyError, match=r"Meta\(hardware, comm=comm\)"):
         orphan + 1.0
+
+
+def _zero_step(comm, meta):
+    from mlscale.parallel.zero import ZeroOptimizer
+
+    cfg = GPTConfig(vocab_size=13, seq_len=8, d_model=16, num_heads=4, num_layers=2)
+    dev = Meta("A100-80GB-SXM", comm=comm) if meta else None
+    model = GPT(cfg, dtype=np.float32, xp=dev)
+    opt = ZeroOptimizer(comm, model.params, lambda shard: Adam(shard, lr=1e-3))
+    x = np.zeros((2, 8), np.int64)
+    model.loss_and_grad(x, x)
+    opt.step(model.grads)
+    return (dev.memory.live["optimizer"] if meta else None), model.num_params
+
+
+def test_zero_stage_1_on_meta_keeps_one_shard_of_adam_state_and_the_real_messages():
+    real = ms.launch(_zero_step, world_size=3, args=(False,))
+    meta = ms.launch(_zero_step, world_size=3, args=(True,))
+    assert sorted(_keys(real)) == sorted(_keys(meta))
+    n = meta[0][1]
+    shards = [len(c) for c in np.array_split(np.arange(n), 3)]
+    assert [opt for opt, _ in meta] == [2 * 4 * s for s in shards]  # m and v of my 1/N (Rajbhandari et al. 2020)
