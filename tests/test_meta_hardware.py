@@ -96,6 +96,7 @@ def test_tp_group_inside_a_node_is_faster_by_the_bandwidth_ratio(name):
     c = CLUSTERS[name]
     n = 64 * 2**20
     net = cluster_network(name)
+    assert ms.NetworkModel.preset(name) == net and net.ranks_per_node == 8
     assert net.link(0, 7) == (c.intra_latency, 1 / c.intra_bandwidth)
     assert net.link(7, 8) == (c.inter_latency, 1 / c.inter_bandwidth)
     res = ms.launch(_pair_all_reduce, world_size=16, args=([(0, 1), (2, 10)], n), network=net)
@@ -112,3 +113,8 @@ def test_hardware_is_a_plain_dataclass_one_can_build():
     assert hw.op_time("elementwise", 10, 1e11 * 0.8, np.float32) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="toy has no fp64 rate"):
         hw.op_time("matmul", 1, 0, np.float64)
+
+
+def test_unknown_cluster_is_named():
+    with pytest.raises(ValueError, match="unknown cluster 'DGX-2'.*DGX-A100"):
+        ms.NetworkModel.preset("DGX-2")
