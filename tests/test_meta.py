@@ -164,6 +164,11 @@ def test_shape_errors_match_numpy():
         dev.asarray(A).reshape(5, -1)
     with pytest.raises(ValueError):
         dev.asarray(A) + dev.asarray(B)
+    i = dev.asarray(I)
+    with pytest.raises(TypeError, match="Cannot cast ufunc 'add' output"):  # NumPy: int += float fails
+        i += 0.5
+    with pytest.raises(TypeError, match="Cannot cast ufunc 'add' output"):
+        J.copy().__iadd__(0.5)
 
 
 def test_flops_and_bytes_of_a_matmul_and_an_elementwise_op():

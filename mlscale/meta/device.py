@@ -529,8 +529,8 @@ class Meta:
                                      f"broadcast shape {shape}") from None
                 n = out.size
             if not np.can_cast(dts[0], out.dtype, casting="same_kind"):
-                raise np._core._exceptions._UFuncOutputCastingError(ufunc, "same_kind", dts[0], out.dtype, 0) \
-                    if hasattr(np, "_core") else TypeError(f"cannot cast {dts[0]} to {out.dtype}")
+                raise TypeError(f"Cannot cast ufunc '{ufunc.__name__}' output from dtype('{dts[0]}') to "
+                                f"dtype('{out.dtype}') with casting rule 'same_kind' (as NumPy: cast first)")
             res = out
         self.charge("elementwise", n, read + n * res.dtype.itemsize, res.dtype, ufunc.__name__)
         return res
