@@ -435,3 +435,46 @@ def test_zero_stage_1_on_meta_keeps_one_shard_of_adam_state_and_the_real_message
     n = meta[0][1]
     shards = [len(c) for c in np.array_split(np.arange(n), 3)]
     assert [opt for opt, _ in meta] == [2 * 4 * s for s in shards]  # m and v of my 1/N (Rajbhandari et al. 2020)
+
+
+def _run(fuse, f, *shapes_dtypes):
+    dev = Meta("A100-80GB-SXM", record=True, fuse=fuse)
+    args = [dev.zeros(s, d) for s, d in shapes_dtypes]
+    dev.costs.__init__()
+    dev.oplog.clear()
+    out = f(*args)
+    return dev, args, out
+
+
+def test_a_fused_function_is_charged_as_one_kernel_its_inputs_and_outputs():
+    from mlscale.nn.transformer import gelu_forward
+
+    shape = ((4, 10, 64), np.float16)
+    fused, (x,), y = _run(True, gelu_forward, shape)
+    eager, _, _ = _run(False, gelu_forward, shape)
+    assert fused.costs.ops == 1 and eager.costs.ops > 5
+    assert fused.costs.total_flops == eager.costs.total_flops  # the same work ...
+    assert fused.costs.total_bytes == x.nbytes + y.nbytes < eager.costs.total_bytes / 4  # ... one pass over memory
+    hw = fused.hardware
+    assert fused.costs.seconds == pytest.approx(hw.op_time("elementwise", fused.costs.total_flops,
+                                                           x.nbytes + y.nbytes, np.float32), rel=1e-12)
+
+
+def test_fused_layernorm_reads_x_and_its_parameters_and_writes_y_and_the_statistics():
+    from mlscale.nn.norms import layernorm_forward
+
+    dev, (x, w, b), (y, cache) = _run(True, layernorm_forward, ((3, 7, 32), np.float16), ((32,), np.float16),
+                                      ((32,), np.float16))
+    assert dev.costs.ops == 1
+    assert dev.costs.total_bytes == x.nbytes + w.nbytes + b.nbytes + y.nbytes + cache[1].nbytes + cache[2].nbytes
+
+
+def test_fused_softmax_reads_the_scores_its_matmul_wrote():
+    from mlscale.nn.attention import _probs
+
+    b, h, s, d = 2, 3, 16, 8
+    dev, (q, k), p = _run(True, lambda q, k: _probs(q, k, True), ((b, h, s, d), np.float32), ((b, h, s, d), np.float32))
+    (mm_op, mm_cls, mm_flops, mm_bytes, _), (sm_op, sm_cls, _, sm_bytes, _) = dev.oplog
+    assert (mm_op, mm_cls, sm_op, sm_cls) == ("matmul", "matmul", "softmax", "elementwise")
+    assert mm_flops == 2 * b * h * s * s * d and mm_bytes == q.nbytes + k.nbytes + p.nbytes
+    assert sm_bytes == 2 * p.nbytes  # S read back, P written; the mask and temporaries stay on chip

@@ -141,14 +141,14 @@ class MetaArray:
     garbage-collected (CPython frees it when the last reference goes, as a CUDA caching
     allocator would see it), tagged ``kind`` ("params", "grads", "optimizer", "activations")."""
 
-    __slots__ = ("shape", "dtype", "base", "dev", "kind", "layout", "__weakref__")
+    __slots__ = ("shape", "dtype", "base", "dev", "kind", "layout", "born", "__weakref__")
     __array_priority__ = 1000
     _shape_only = True
     __hash__ = None
 
     def __init__(self, shape, dtype, dev=None, base=None, kind=None, layout=None):
         self.shape, self.dtype, self.base, self.dev, self.layout = shape, dtype, base, dev, layout
-        self.kind = kind
+        self.kind, self.born = kind, -1
         if base is None and dev is not None:
             dev._alloc(self)
 
@@ -326,6 +326,8 @@ class MetaArray:
     # -- copies --------------------------------------------------------------------------
     def copy(self, order="C"):
         out = self.dev.new(self.shape, self.dtype, (self.base if self.base is not None else self).kind)
+        if self.dev._fusion is not None:
+            self.dev._touch((self,), (out,))
         self.dev.charge("elementwise", 0, 2 * self.nbytes, self.dtype, "copy")
         return out
 
@@ -334,6 +336,8 @@ class MetaArray:
         if dt == self.dtype and not copy:
             return self
         out = self.dev.new(self.shape, dt)
+        if self.dev._fusion is not None:
+            self.dev._touch((self,), (out,))
         self.dev.charge("elementwise", self.size, self.nbytes + out.nbytes, dt, "astype")
         return out
 
@@ -348,6 +352,8 @@ class MetaArray:
             return self._view(lay.shape, lay)
         shape = index_shape(self.shape, key)[0]
         out = self.dev.new(shape, self.dtype)
+        if self.dev._fusion is not None:
+            self.dev._touch((self,) + tuple(k for k in (key if isinstance(key, tuple) else (key,))), (out,))
         self.dev.charge("elementwise", 0, 2 * out.nbytes + _index_bytes(key), self.dtype, "gather")
         return out
 
@@ -364,6 +370,8 @@ class MetaArray:
         for s in shape:
             n *= s
         vb = value.nbytes if isinstance(value, (MetaArray, np.ndarray)) else 0
+        if self.dev._fusion is not None:
+            self.dev._touch((value,), (self[key] if basic else self,))
         self.dev.charge("elementwise", 0, vb + n * self.dtype.itemsize + (0 if basic else _index_bytes(key)),
                         self.dtype, "setitem")
 

@@ -15,13 +15,14 @@ bytes / (hbm_bw eff_mem))``, Williams, Waterman and Patterson 2009), charged to 
 rank's virtual clock with ``comm.compute(seconds=...)`` when a ``comm`` is given.
 
 What is counted is what the program does: each NumPy op is one kernel that reads its
-inputs from HBM and writes its output back. mlscale.nn's layers are written op by op
-(GELU in seven passes, LayerNorm with float32 upcasts, the softmax over the whole s x s
-score matrix), so their elementwise traffic is what an unfused PyTorch eager run moves,
-well above a fused GPU stack (FlashAttention, fused GELU and LayerNorm kernels). A GPT-2
-XL-sized step (b=8, s=1024, fp16) on the A100 preset spends 1.27 s of its 1.89 s in
-elementwise ops and 0.33 s in weight matmuls (MFU 0.14): to predict fused runs, model
-the fusion or calibrate the elementwise efficiency.
+inputs from HBM and writes its output back, except inside a :meth:`Meta.fusion` region
+(mlscale.nn marks GELU, the norms, the attention softmax and its backward, and the
+cross-entropy with ``@fused``), charged as one kernel: the region's inputs and outputs
+only, as Megatron's fused kernels move them. ``Meta(fuse=False)`` charges every op (an
+unfused PyTorch eager run). A GPT-2 XL-sized step (b=8, s=1024, fp16, A100 preset):
+fused 0.67 s (MFU 0.40), of which 0.33 s weight matmuls, 0.18 s attention, 0.15 s
+elementwise; unfused 1.89 s (MFU 0.14), 1.27 s of it elementwise. The attention core is
+not FlashAttention: P (b a s^2) is written and read back, as this package's code does.
 
 Memory: every owning array counts its bytes as live from creation until CPython frees it,
 by kind: "params" and "grads" (a model's flat buffers), "optimizer" (its state), and
@@ -30,6 +31,7 @@ by kind: "params" and "grads" (a model's flat buffers), "optimizer" (its state),
 :class:`OutOfMemoryError`, worded like PyTorch's CUDA allocator.
 """
 import contextlib
+import weakref
 
 import numpy as np
 
@@ -77,6 +79,7 @@ class Memory:
         self.live = dict.fromkeys(KINDS, 0)
         self.peak_by_kind = dict.fromkeys(KINDS, 0)
         self.allocated = 0
+        self.nallocs = 0  # allocations so far (each array's ``born`` stamp)
         self.peak = 0
         self.at_peak = dict(self.live)  # live bytes by kind when the total peaked
 
@@ -85,6 +88,16 @@ class Memory:
 
     def __repr__(self):
         return f"Memory(allocated={self.allocated}, peak={self.peak}, live={self.live})"
+
+
+class _Fusion:
+    """The bookkeeping of an open ``Meta.fusion()`` region."""
+
+    __slots__ = ("start", "flops", "reads", "writes", "created", "external", "dtype")
+
+    def __init__(self, start):
+        self.start, self.flops, self.dtype = start, 0, None
+        self.reads, self.writes, self.created, self.external = {}, {}, [], set()
 
 
 class _Ufunc:
@@ -159,7 +172,7 @@ class Meta:
     shape_only = True
     __name__ = "mlscale.meta"
 
-    def __init__(self, hardware=None, comm=None, allow_tf32=False, record=False):
+    def __init__(self, hardware=None, comm=None, allow_tf32=False, record=False, fuse=True):
         from .hardware import Hardware, get_hardware
 
         self.hardware = get_hardware(hardware) if hardware is not None and not isinstance(hardware, Hardware) \
@@ -173,6 +186,8 @@ class Meta:
         self.oplog = [] if record else None  # (op, class, flops, bytes, seconds) when record=True
         self._class = None  # an op-class override (``with xp.op_class("attention")``)
         self._kind = "activations"
+        self.fuse = bool(fuse)
+        self._fusion = None  # the open fusion() region, if any
         self._compute = None
         if comm is not None and getattr(comm, "backend", None) == "sim":
             self._compute = comm.compute
@@ -213,6 +228,55 @@ class Meta:
                     ", ".join(f"{k} {v / GiB:.3f}" for k, v in m.at_peak.items()) + " GiB")
         return "\n".join(rows)
 
+    # -- fusion --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def fusion(self, name="fused"):
+        """Charge the elementwise ops and reductions inside as ONE kernel, as a fused GPU
+        kernel runs them (Megatron's fused bias-GELU, LayerNorm and softmax kernels): their
+        FLOPs add up, but the bytes are only what enters from before the region (each
+        array once) and what leaves it (arrays made inside and still alive at its end, and
+        arrays from before written in place). Matmuls inside stay their own kernels; their
+        outputs count as read. Use it around a whole function call (``@fused`` in
+        mlscale.nn) so the function's temporaries are gone when the region ends. A no-op
+        with ``Meta(fuse=False)`` (one kernel per NumPy op, as PyTorch eager) or nested."""
+        if not self.fuse or self._fusion is not None:
+            yield
+            return
+        f = self._fusion = _Fusion(self.memory.nallocs)
+        try:
+            yield
+        finally:
+            self._fusion = None
+        nbytes = sum(f.reads.values()) + sum(f.writes.values())
+        for ref in f.created:
+            a = ref()
+            if a is not None and id(a) not in f.writes:
+                nbytes += a.nbytes
+        if f.flops or nbytes:
+            self.charge("elementwise", f.flops, nbytes, f.dtype or np.float32, name)
+
+    def _touch(self, reads, writes=()):
+        """Inside a fusion: note arrays read and written (roots, largest view of each)."""
+        f = self._fusion
+        for a in reads:
+            if isinstance(a, MetaArray):
+                root = a.base if a.base is not None else a
+                if root.born < f.start or id(root) in f.external:
+                    k = id(root)
+                    n = a.size * a.dtype.itemsize
+                    if n > f.reads.get(k, 0):
+                        f.reads[k] = n
+        for a in writes:
+            if isinstance(a, MetaArray):
+                root = a.base if a.base is not None else a
+                if root.born < f.start:
+                    k = id(root)
+                    n = a.size * a.dtype.itemsize
+                    if n > f.writes.get(k, 0):
+                        f.writes[k] = n
+                if f.dtype is None:
+                    f.dtype = a.dtype
+
     # -- tags ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def op_class(self, cls):
@@ -251,6 +315,10 @@ class Meta:
                 f"{max(m.capacity - m.allocated, 0) / GiB:.2f} GiB free) [{m.name}, shape-only: {by}; "
                 f"this {kind} array {a.shape} {a.dtype}]. Shard the model (tp/pp/ZeRO), recompute "
                 f"activations, or use smaller micro-batches")
+        a.born = m.nallocs
+        m.nallocs += 1
+        if self._fusion is not None:
+            self._fusion.created.append(weakref.ref(a))
         m.allocated += n
         live = m.live[kind] = m.live[kind] + n
         if live > m.peak_by_kind[kind]:
@@ -270,6 +338,10 @@ class Meta:
         """Add one op's FLOPs and bytes (class ``cls``, or the ``op_class`` in force) and its time."""
         if self._class is not None and (cls == "matmul" or self._class != "attention"):
             cls = self._class  # inside op_class("attention") only the matmuls change class
+        f = self._fusion
+        if f is not None and cls in ("elementwise", "reduction"):
+            f.flops += flops  # the bytes are the region's, charged when it ends
+            return
         c = self.costs
         c.flops[cls] += flops
         c.bytes[cls] += nbytes
@@ -404,6 +476,8 @@ class Meta:
         shape[ax] = sum(a.shape[ax] for a in arrays)
         dt = np.result_type(*[a.dtype for a in arrays]) if dtype is None else np.dtype(dtype)
         res = self.new(tuple(shape), dt)
+        if self._fusion is not None:
+            self._touch(arrays, (res,))
         self.charge("elementwise", 0, sum(a.nbytes for a in arrays) + res.nbytes, dt, "concatenate")
         return res
 
@@ -541,6 +615,8 @@ class Meta:
                 raise TypeError(f"Cannot cast ufunc '{ufunc.__name__}' output from dtype('{dts[0]}') to "
                                 f"dtype('{out.dtype}') with casting rule 'same_kind' (as NumPy: cast first)")
             res = out
+        if self._fusion is not None:
+            self._touch(inputs, (res,))
         self.charge("elementwise", n, read + n * res.dtype.itemsize, res.dtype, ufunc.__name__)
         return res
 
@@ -566,6 +642,8 @@ class Meta:
         if out is not None and out.shape != shape:
             raise ValueError(f"matmul: out= has shape {out.shape}, the product is {shape}")
         nbytes = _nbytes(a) + _nbytes(b) + nb * n * m * res.dtype.itemsize
+        if self._fusion is not None:  # a GEMM of its own: its inputs read, its output written to HBM
+            self._fusion.external.add(id(res.base if res.base is not None else res))
         self.charge("matmul", 2 * nb * n * k * m, nbytes, dt, "matmul")
         return res
 
@@ -588,6 +666,8 @@ class Meta:
             res = out
         else:
             res = self.new(shape, dt)
+        if self._fusion is not None:
+            self._touch((a,), (res,))
         self.charge("reduction", a.size, a.nbytes + res.nbytes, a.dtype, name)
         return res
 

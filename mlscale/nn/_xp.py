@@ -4,6 +4,8 @@ The CuPy idiom ``xp = cupy.get_array_module(x)`` needs cupy importable; mlscale 
 import on machines without it, so we look at the array's type instead, and import cupy
 only when we were handed a cupy array (which means it is installed and wanted).
 """
+import functools
+
 import numpy as np
 
 
@@ -15,6 +17,23 @@ def is_cupy(x):
 def is_shape_only(x):
     """True for a shape-only array (mlscale.meta.MetaArray) or a shape-only module (mlscale.meta.Meta)."""
     return getattr(x, "_shape_only", False) is True or getattr(x, "shape_only", False) is True
+
+
+def fused(name):
+    """Decorate a function of arrays made of elementwise ops and reductions (GELU, a norm,
+    a softmax) that a GPU runs as ONE fused kernel. On NumPy and CuPy it does nothing; on
+    shape-only arrays (mlscale.meta) the call is charged as one kernel: the bytes of its
+    inputs and outputs only, not of its temporaries (``Meta.fusion``)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for a in args:
+                if getattr(a, "_shape_only", False) is True:
+                    with a.dev.fusion(name):
+                        return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
+        return wrapper
+    return deco
 
 
 def array_module(*arrays):

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from ._xp import array_module
+from ._xp import array_module, fused
 from .layers import Layer
 from .module import Module
 
@@ -45,6 +45,7 @@ def matmul(a, b):
     return a @ b
 
 
+@fused("softmax")
 def _probs(q, k, causal):
     """softmax(Q K^T / sqrt(head_dim)) with the causal mask, (..., seq, seq)."""
     xp = array_module(q)
@@ -86,10 +87,16 @@ def attention_backward(dy, cache):
             p = _probs(q, k, causal)
         dv = matmul(p.swapaxes(-1, -2), dy)
         dp = matmul(dy, v.swapaxes(-1, -2))
-        acc = np.float32 if p.dtype.itemsize < 4 else p.dtype
-        pa, dpa = p.astype(acc, copy=False), dp.astype(acc, copy=False)
-        ds = (pa * (dpa - (dpa * pa).sum(axis=-1, keepdims=True)) * (1.0 / math.sqrt(q.shape[-1]))).astype(q.dtype)
+        ds = _softmax_backward(p, dp, 1.0 / math.sqrt(q.shape[-1]), q.dtype)
         return matmul(ds, k), matmul(ds.swapaxes(-1, -2), q), dv
+
+
+@fused("softmax_backward")
+def _softmax_backward(p, dp, scale, dtype):
+    """dS = P * (dP - rowsum(dP * P)) * scale (in float32 for 16-bit P), as ``dtype``."""
+    acc = np.float32 if p.dtype.itemsize < 4 else p.dtype
+    pa, dpa = p.astype(acc, copy=False), dp.astype(acc, copy=False)
+    return (pa * (dpa - (dpa * pa).sum(axis=-1, keepdims=True)) * scale).astype(dtype)
 
 
 def recompute_flops(batch, heads, seq, head_dim):

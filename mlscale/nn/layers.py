@@ -13,7 +13,7 @@ returns the gradient with respect to the layer's input.
 """
 import math
 
-from ._xp import array_module, is_shape_only
+from ._xp import array_module, fused, is_shape_only
 
 
 class Layer:
@@ -178,6 +178,7 @@ class Tanh(Layer):
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh}
 
 
+@fused("softmax_cross_entropy")
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
