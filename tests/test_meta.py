@@ -71,7 +71,19 @@ CASES = [
     ("ravel", lambda xp, a, b, c, i, j: a.ravel()),
     ("in place", lambda xp, a, b, c, i, j: _inplace(a)),
     ("random", lambda xp, a, b, c, i, j: xp.random.default_rng(0).normal(0.0, 1.0, size=(3, 2))),
+    ("arange float", lambda xp, a, b, c, i, j: xp.arange(0.5, 3.2, 0.25)),
+    ("arange int", lambda xp, a, b, c, i, j: xp.arange(7) + xp.arange(2, 9)),
+    ("np.maximum.reduce", lambda xp, a, b, c, i, j: np.maximum.reduce(a, axis=1)),
+    ("np.add.reduce keepdims", lambda xp, a, b, c, i, j: np.add.reduce(a, axis=(0, 2), keepdims=True)),
+    ("setitem broadcast", lambda xp, a, b, c, i, j: _setitem(a, c)),
 ]
+
+
+def _setitem(a, c):
+    a = a.copy()
+    a[:, :, 1:2] = c[None]  # (1, 3, 1) into (2, 3, 1)
+    a[0] = a[1]
+    return a
 
 
 def _inplace(a):
@@ -162,6 +174,10 @@ def test_shape_errors_match_numpy():
         dev.asarray(A) @ dev.asarray(A)
     with pytest.raises(ValueError, match="cannot reshape"):
         dev.asarray(A).reshape(5, -1)
+    for target in (A.copy(), dev.asarray(A)):  # NumPy and meta refuse the same assignment
+        with pytest.raises(ValueError, match="could not broadcast"):
+            target[:, 0] = np.zeros((3, 1))
+        target[:, 0] = np.zeros((1, 1, 4))  # leading axes of length 1 are dropped
     with pytest.raises(ValueError):
         dev.asarray(A) + dev.asarray(B)
     i = dev.asarray(I)

@@ -249,6 +249,8 @@ class MetaArray:
         return MetaArray(shape, self.dtype, self.dev, self.base if self.base is not None else self, None, layout)
 
     def reshape(self, *shape, order="C", copy=None):
+        if order != "C":
+            raise ShapeOnlyError(f"mlscale.meta: reshape(order={order!r}) is not modelled; use C order")
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
@@ -360,9 +362,11 @@ class MetaArray:
     def __setitem__(self, key, value):
         shape, basic = index_shape(self.shape, key)
         vshape = _shape_of(value)
+        v = vshape
+        while len(v) > len(shape) and v[0] == 1:  # NumPy drops leading axes of length 1
+            v = v[1:]
         try:
-            np.broadcast_shapes(vshape, shape)
-            if len(vshape) > len(shape) and any(s != 1 for s in vshape[:len(vshape) - len(shape)]):
+            if np.broadcast_shapes(v, shape) != shape:
                 raise ValueError
         except ValueError:
             raise ValueError(f"could not broadcast input array from shape {vshape} into shape {shape}") from None

@@ -121,7 +121,8 @@ class _Ufunc:
 
 
 _BROADCAST = {}  # (shapes) -> broadcast shape: the same few shapes recur in every layer
-_RED_NAMES = {"add": "sum", "multiply": "prod", "maximum": "max", "minimum": "min"}
+_RED_NAMES = {"add": "sum", "multiply": "prod", "maximum": "max", "minimum": "min", "logical_or": "any",
+              "logical_and": "all"}
 
 
 class MetaRNG:
@@ -398,8 +399,10 @@ class Meta:
         return self.full(a.shape if shape is None else shape, fill_value, a.dtype if dtype is None else dtype, kind)
 
     def arange(self, start, stop=None, step=1, dtype=None):
-        n = len(range(int(start), int(stop), int(step))) if stop is not None else int(start)
-        dt = np.arange(1, dtype=dtype).dtype if dtype is not None or isinstance(start, int) else np.dtype(float)
+        if stop is None:
+            start, stop = 0, start
+        n = max(int(np.ceil((stop - start) / step)), 0)
+        dt = np.arange(start, start + step, step, dtype=dtype).dtype  # NumPy's dtype for these arguments
         return self._creation((n,), dt, None, True, "arange")
 
     def asarray(self, a, dtype=None, kind=None):
