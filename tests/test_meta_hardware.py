@@ -118,3 +118,25 @@ def test_hardware_is_a_plain_dataclass_one_can_build():
 def test_unknown_cluster_is_named():
     with pytest.raises(ValueError, match="unknown cluster 'DGX-2'.*DGX-A100"):
         ms.NetworkModel.preset("DGX-2")
+
+
+def _overlap(comm):
+    dev = Meta("H100-SXM", comm=comm)
+    grads = dev.zeros(1 << 23, np.float32)
+    a, b = dev.empty((4096, 4096), np.float16), dev.empty((4096, 4096), np.float16)
+    t0 = comm.clock
+    req = comm.start(lambda c, g: c.all_reduce(g, algorithm="ring"), grads)  # DDP's overlap
+    a @ b
+    t_main = comm.clock - t0
+    req.wait()
+    return t_main, dev.costs.time["matmul"], dev.costs.time["elementwise"], comm.clock - t0
+
+
+def test_reductions_on_the_communication_stream_charge_the_stream_not_the_rank():
+    net = ms.NetworkModel(alpha=0.0, beta=1 / 50e9)
+    hw, n = get_hardware("H100-SXM"), 4 << 23
+    zeros = n / (hw.hbm_bandwidth * hw.mem_efficiency["elementwise"])  # writing the grads, before t0
+    for t_main, mm, ew, total in ms.launch(_overlap, world_size=2, network=net):
+        assert t_main == pytest.approx(mm, rel=1e-12)  # the matmul alone: the stream ran beside it
+        reduce = ew - zeros  # the ring's reduction of the received half, on the stream
+        assert reduce > 0 and total == pytest.approx(n / 50e9 + reduce, rel=1e-12)  # p = 2: n beta, then reduce

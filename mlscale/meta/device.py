@@ -168,7 +168,9 @@ class Meta:
     "H100-SXM", "T4"), or None (count FLOPs and bytes only: no time, no memory limit).
     comm: a Communicator; on ``sim`` each op's roofline time goes to ``comm.compute``.
     allow_tf32: float32 matmuls at the TF32 tensor-core rate (PyTorch's
-    ``torch.backends.cuda.matmul.allow_tf32``), where the preset has one."""
+    ``torch.backends.cuda.matmul.allow_tf32``), where the preset has one.
+    fuse: charge ``fusion()`` regions as one kernel each (default), or every op (False).
+    record: keep ``oplog``, one ``(op, class, flops, bytes, seconds)`` per charge."""
 
     shape_only = True
     __name__ = "mlscale.meta"
@@ -191,12 +193,13 @@ class Meta:
         self._fusion = None  # the open fusion() region, if any
         self._compute = None
         if comm is not None and getattr(comm, "backend", None) == "sim":
-            self._compute = comm.compute
-            sim, group = getattr(comm, "sim", None), getattr(comm, "group", None)
-            if sim is not None:  # messages of meta arrays arrive on this rank's device
-                if not hasattr(sim, "meta_devices"):
-                    sim.meta_devices = {}
-                sim.meta_devices[group[comm.rank] if group is not None else comm.rank] = self
+            sim, R = comm.sim, comm._R
+            self._compute = lambda seconds, label: _sim_compute(sim, R, seconds, label)
+            if not hasattr(sim, "meta_devices"):  # messages of meta arrays arrive on this rank's device
+                sim.meta_devices = {}
+            sim.meta_devices[R.rank] = self
+        elif comm is not None:
+            self._compute = comm.compute  # real engines: compute() does nothing (the work takes the time)
         self.random = _Random(self)
         self._ufuncs = {}
 
@@ -352,7 +355,7 @@ class Meta:
             t = self.hardware.op_time(cls, flops, nbytes, dtype, self.allow_tf32)
             c.time[cls] += t
             if self._compute is not None and t > 0:
-                self._compute(seconds=t, label=cls)
+                self._compute(seconds=t, label=cls)  # (cls: the trace's span label)
         if self.oplog is not None:
             self.oplog.append((op, cls, flops, nbytes, t))
 
@@ -683,6 +686,13 @@ class Meta:
         nbytes = _nbytes(b) + 2 * n * a.dtype.itemsize + _nbytes(indices if not isinstance(indices, tuple)
                                                                  else indices[0])
         self.charge("elementwise", n, nbytes, a.dtype, f"{ufunc.__name__}.at")
+
+
+def _sim_compute(sim, R, seconds, label):
+    """Advance the clock of whichever entity of rank R runs now: the rank, or one of its
+    communication-stream tasks (``comm.start``), whose reductions are then its own time."""
+    E = sim.current
+    sim.compute(E if E is not None and E.rank == R.rank else R, seconds, label)
 
 
 class _WhereUfunc:
