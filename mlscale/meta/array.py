@@ -147,7 +147,9 @@ class MetaArray:
     __hash__ = None
 
     def __init__(self, shape, dtype, dev=None, base=None, kind=None, layout=None):
-        self.shape, self.dtype, self.base, self.dev, self.layout = shape, dtype, base, dev, layout
+        if type(dtype) is type or isinstance(dtype, str):  # np.float32 or "float32" -> a dtype
+            dtype = np.dtype(dtype)
+        self.shape, self.dtype, self.base, self.dev, self.layout = tuple(shape), dtype, base, dev, layout
         self.kind, self.born = kind, -1
         if base is None and dev is not None:
             dev._alloc(self)

@@ -445,6 +445,9 @@ class Meta:
     def ndim(self, a):
         return len(a.shape)
 
+    def size(self, a, axis=None):
+        return a.size if axis is None else a.shape[axis]
+
     def reshape(self, a, shape, order="C"):
         return a.reshape(shape)
 
