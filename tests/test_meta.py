@@ -241,7 +241,9 @@ def test_gpt_forward_backward_adam_runs_unchanged_on_meta_and_keeps_numpys_shape
     assert np.isnan(meta.loss_and_grad(idx, tgt))  # no values, but every op done and counted
     for lr, lm in zip(real.layers, meta.layers):  # what each layer keeps for backward: same shapes, dtypes
         sr, sm = saved_arrays(lr), saved_arrays(lm)
-        assert sorted((a.shape, a.dtype.str) for a in sr.values()) == sorted((a.shape, a.dtype.str) for a in sm.values())
+        def shapes(saved):
+            return sorted((a.shape, a.dtype.str) for a in saved.values())
+        assert shapes(sr) == shapes(sm)
     opt_r, opt_m = Adam(real, lr=1e-3), Adam(meta, lr=1e-3)
     opt_r.step(), opt_m.step()
     assert type(opt_m.m) is MetaArray and opt_m.m.shape == opt_r.m.shape

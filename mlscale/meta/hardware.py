@@ -68,7 +68,8 @@ class Hardware:
                 raise ValueError(f"with_efficiency: unknown op class {k!r}; use {sorted(DEFAULT_EFFICIENCY)}")
             if not 0 < v <= 1:
                 raise ValueError(f"with_efficiency: {k}={v!r} must be a fraction of peak in (0, 1]")
-        return replace(self, efficiency={**self.efficiency, **eff}, mem_efficiency={**self.mem_efficiency, **(mem or {})})
+        return replace(self, efficiency={**self.efficiency, **eff},
+                       mem_efficiency={**self.mem_efficiency, **(mem or {})})
 
     def peak_flops(self, dtype, cls="matmul", allow_tf32=False):
         """Peak FLOP/s for ``dtype`` in op class ``cls`` (tensor cores for matmul/attention)."""
