@@ -496,3 +496,23 @@ def test_fused_softmax_reads_the_scores_its_matmul_wrote():
     assert (mm_op, mm_cls, sm_op, sm_cls) == ("matmul", "matmul", "softmax", "elementwise")
     assert mm_flops == 2 * b * h * s * s * d and mm_bytes == q.nbytes + k.nbytes + p.nbytes
     assert sm_bytes == 2 * p.nbytes  # S read back, P written; the mask and temporaries stay on chip
+
+
+def _fsdp_step(comm, meta, stage):
+    from mlscale.parallel.fsdp import FSDP
+
+    cfg = GPTConfig(vocab_size=13, seq_len=8, d_model=16, num_heads=4, num_layers=2)
+    dev = Meta("A100-80GB-SXM", comm=comm) if meta else None
+    fsdp = FSDP(comm, GPT(cfg, dtype=np.float32, xp=dev), lambda shard: Adam(shard, lr=1e-3), stage=stage)
+    x = np.zeros((2, 8), np.int64)
+    fsdp.loss_and_grad(x, x)
+    fsdp.step()
+    return comm.clock
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_fsdp_stages_on_meta_send_the_real_runs_messages(stage):
+    real = ms.launch(_fsdp_step, world_size=2, args=(False, stage))
+    meta = ms.launch(_fsdp_step, world_size=2, args=(True, stage))
+    assert sorted(_keys(real)) == sorted(_keys(meta)) and len(_keys(real)) >= 20
+    assert all(t_meta > t_real for t_real, t_meta in zip(real, meta))  # plus the roofline compute
