@@ -516,3 +516,23 @@ def test_fsdp_stages_on_meta_send_the_real_runs_messages(stage):
     meta = ms.launch(_fsdp_step, world_size=2, args=(True, stage))
     assert sorted(_keys(real)) == sorted(_keys(meta)) and len(_keys(real)) >= 20
     assert all(t_meta > t_real for t_real, t_meta in zip(real, meta))  # plus the roofline compute
+
+
+def test_mixed_precision_on_meta_holds_16_bytes_per_parameter():
+    """fp16 params (2 B) and grads (2 B), fp32 master (4 B) and Adam m, v (8 B): ZeRO's 16 B
+    per parameter (Rajbhandari et al. 2020; mlscale.nn.flops.model_state_bytes)."""
+    from mlscale.nn.flops import model_state_bytes
+    from mlscale.nn.precision import MixedPrecision
+
+    dev = Meta("A100-80GB-SXM")
+    fp32 = GPT(CFG, dtype=np.float32, xp=dev)
+    n = fp32.num_params
+    mp = MixedPrecision(fp32, "float16", lambda master: Adam(master, lr=1e-3))
+    del fp32  # the float32 model the master weights were made from
+    idx = np.zeros((2, 10), np.int64)
+    assert np.isnan(mp.step(idx, idx)) and mp.skipped_steps == 0
+    ref = model_state_bytes(n)
+    live = dev.memory.live
+    assert (live["params"], live["grads"]) == (ref["params"], ref["grads"])
+    assert live["optimizer"] == ref["fp32_params"] + ref["adam_m"] + ref["adam_v"] == 12 * n
+    assert mp.model.params.dtype == np.float16 and mp.master.dtype == np.float32

@@ -339,7 +339,7 @@ class MetaArray:
         dt = np.dtype(dtype)
         if dt == self.dtype and not copy:
             return self
-        out = self.dev.new(self.shape, dt)
+        out = self.dev.new(self.shape, dt, (self.base if self.base is not None else self).kind)  # kind kept
         if self.dev._fusion is not None:
             self.dev._touch((self,), (out,))
         self.dev.charge("elementwise", self.size, self.nbytes + out.nbytes, dt, "astype")
