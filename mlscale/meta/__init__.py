@@ -7,10 +7,14 @@
     xp.costs        # FLOPs and bytes per op class, roofline seconds
     xp.memory       # live / peak bytes by kind: params, grads, optimizer, activations
 
-Like JAX's ``jax.eval_shape`` and PyTorch's ``meta`` device, but every op also costs
+The nn layers, the optimizers (mixed precision too), the collectives on ``sim`` and the
+parallel layers (tensor, sequence, pipeline, ZeRO/FSDP) run on it unchanged, and send
+the same messages as a real run (tests/test_meta.py). Like JAX's ``jax.eval_shape`` and
+PyTorch's ``meta`` device, but every op also costs
 time on a roofline model of a named accelerator (``hardware.py``), charged to the rank's
 virtual clock on the ``sim`` engine, and the cluster's links come from presets
-(``cluster_network("DGX-A100")``). ``xp="meta"`` makes a counting-only ``Meta()`` (no
+(``NetworkModel.preset("DGX-A100")``). Fused kernels are modelled by ``Meta.fusion()``
+regions (``@fused`` in mlscale.nn). ``xp="meta"`` makes a counting-only ``Meta()`` (no
 hardware: FLOPs, bytes and memory, no time); read it back as ``model.xp``.
 """
 from .array import MetaArray, ShapeOnlyError
