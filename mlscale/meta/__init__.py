@@ -10,9 +10,9 @@
 The nn layers, the optimizers (mixed precision too), the collectives on ``sim`` and the
 parallel layers (tensor, sequence, pipeline, ZeRO/FSDP) run on it unchanged, and send
 the same messages as a real run (tests/test_meta.py). Like JAX's ``jax.eval_shape`` and
-PyTorch's ``meta`` device, but every op also costs
-time on a roofline model of a named accelerator (``hardware.py``), charged to the rank's
-virtual clock on the ``sim`` engine, and the cluster's links come from presets
+PyTorch's ``meta`` device, but every op also costs time on a roofline model of a named
+accelerator (``hardware.py``), charged to the rank's virtual clock on the ``sim``
+engine, and the cluster's links come from presets
 (``NetworkModel.preset("DGX-A100")``). Fused kernels are modelled by ``Meta.fusion()``
 regions (``@fused`` in mlscale.nn). ``xp="meta"`` makes a counting-only ``Meta()`` (no
 hardware: FLOPs, bytes and memory, no time); read it back as ``model.xp``.
