@@ -16,6 +16,11 @@ engine, and the cluster's links come from presets
 (``NetworkModel.preset("DGX-A100")``). Fused kernels are modelled by ``Meta.fusion()``
 regions (``@fused`` in mlscale.nn). ``xp="meta"`` makes a counting-only ``Meta()`` (no
 hardware: FLOPs, bytes and memory, no time); read it back as ``model.xp``.
+
+Files: ``array.py`` (MetaArray), ``shapes.py`` (NumPy's shape, dtype, index and view
+rules), ``device.py`` (Meta: the ops and their charges, memory, fusion),
+``functions.py`` (NumPy's functions), ``accounting.py`` (costs, memory, OOM),
+``hardware.py`` (accelerator and cluster presets, the roofline).
 """
 from .array import MetaArray, ShapeOnlyError
 from .device import KINDS, OP_CLASSES, Costs, Memory, Meta, OutOfMemoryError, is_shape_only
