@@ -202,3 +202,23 @@ def test_hydras_report_is_read_when_other_output_lands_inside_it():
     text = ("=====\n=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n[0] rank 0 says hi\n"
             "=   PID 4242 RUNNING AT vm\n=   EXIT CODE: 9\n")
     assert L._BAD_PID.search(text).group(1) == "4242"
+
+
+def test_ranks_seen_gone_together_prefer_the_one_that_was_not_waiting(tmp_path):
+    """Under load the launcher may see the rank that died and one hydra killed in the same
+    wake-up; the killed one was waiting (its state board says so), the dead one was running."""
+    from mlscale.comm import _mpi_launch as L
+    from mlscale.comm import _mpi_state
+
+    for r in range(3):
+        (tmp_path / f"pid{r}").write_text(str(1000 + r))
+        b = _mpi_state.Board(str(tmp_path / f"state{r}"))
+        if r != 1:
+            b.enter("barrier", [q for q in range(3) if q != r])  # ranks 0 and 2 wait in a barrier
+    hydra = ("BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 1002 RUNNING AT vm\n"
+             "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n")
+    first, how, others = L._how_died(str(tmp_path), 3, 1, [hydra], {1: 1, 2: 1}, [0, 1, 2])
+    assert first == 1 and "SIGKILL" in how and others == [0, 2]
+    # all waiting (or no boards): hydra's PID settles it, as before
+    first, _, _ = L._how_died(str(tmp_path), 3, 1, [hydra], {0: 1, 2: 1}, [0, 1, 2])
+    assert first == 2

@@ -502,6 +502,12 @@ _BAD_PID = re.compile(r"BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES[\s\
 _SIGNAL = re.compile(r"EXIT STRING: ([^\n]*?)\s*\(signal (\d+)\)")
 
 
+def _was_waiting(d, rank):
+    """Did rank's state board (_mpi_state) say it was waiting in a blocking call?"""
+    st = _mpi_state.read(os.path.join(d, f"state{rank}"))
+    return bool(st and st[1])
+
+
 def _how_died(d, world_size, returncode, tail, deaths, missing):
     """(rank that died first, how, the others) for ranks that ended without a result:
     hydra names the PID of a rank killed by a signal; otherwise the first rank seen gone."""
@@ -527,6 +533,12 @@ def _how_died(d, world_size, returncode, tail, deaths, missing):
     if deaths:
         earliest = min(deaths.values())
         firsts = sorted(r for r, n in deaths.items() if n == earliest)
+        if len(firsts) > 1:  # seen gone together: a rank killed while it waited in a blocking
+            # call was most likely stopped by hydra after another died; prefer the ones that
+            # were running (their state board says they waited for nothing)
+            running = [r for r in firsts if not _was_waiting(d, r)]
+            if running:
+                firsts = running
         if len(firsts) == 1:
             first = firsts[0]
     bad = _BAD_PID.search(text)
