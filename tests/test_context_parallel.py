@@ -241,3 +241,21 @@ def test_shard_and_unshard_are_inverse():
         pieces = [mp.cp_shard(x, 4, r, zz, axis=1) for r in range(4)]
         assert np.array_equal(mp.cp_unshard(pieces, zz, axis=1), x)
     assert list(mp.cp_positions(16, 4, 1, zigzag=True)) == [2, 3, 12, 13]  # chunks 1 and 2p-1-1 = 6
+
+
+@pytest.mark.parametrize("fn, flag", [("ring", "causal"), ("ring", "zigzag"), ("ulysses", "causal")])
+def test_ranks_that_disagree_on_a_flag_are_named(fn, flag):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 2, 8, 4))
+
+    def prog(comm):
+        kw = {flag: comm.rank != 1}
+        if fn == "ring":
+            return mp.ring_attention(comm, q, q, q, **kw)
+        return mp.ulysses_attention(comm, q, q, q, **kw)
+
+    with pytest.raises(ValueError, match=r"the ranks disagree") as e:
+        ms.launch(prog, 3 if fn == "ring" else 2, trace=False)
+    first = str(e.value).split("\n")[0]
+    assert f"{flag}=False on ranks [1]" in first and f"{flag}=True on ranks [0" in first, first
+    assert first.count("=") == 2, first  # only the flag that differs is named

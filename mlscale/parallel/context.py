@@ -87,6 +87,27 @@ def _check_qkv(q, k, v, where):
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
 
 
+def _agree_flags(comm, where, q, **flags):
+    """Every rank must pass the same flags and dtype: a rank that disagrees (one causal, one
+    not) would compute garbage silently, so name the ranks and what each passed. Agreed as
+    the engine agrees a collective's arguments (no messages on the wire, nothing in the trace)."""
+    if not getattr(comm, "check", True) or comm.world_size == 1:
+        return
+    mine = tuple(sorted(flags.items())) + (("dtype", str(q.dtype)),)
+    every = comm._agree((where, None, None, None, None, None), mine)
+    comm._coll_seq += 1
+    if any(e != every[0] for e in every[1:]):
+        diffs = []
+        for i, (name, _) in enumerate(mine):
+            seen = {}
+            for r, e in enumerate(every):
+                seen.setdefault(f"{name}={e[i][1]}", []).append(r)
+            if len(seen) > 1:
+                diffs += [f"{k} on ranks {rs}" for k, rs in sorted(seen.items(), key=lambda kv: len(kv[1]))]
+        raise ValueError(f"{where} on rank {comm.rank}: the ranks disagree: " + "; ".join(diffs)
+                         + ". Pass the same arguments on every rank of the cp group.")
+
+
 # ---------------------------------------------------------------- Ulysses
 def _seq_to_heads(comm, x, algorithm):  # (b, h, s/p, dh) -> (b, h/p, s, dh)
     p, hp = comm.world_size, x.shape[1] // comm.world_size
@@ -106,6 +127,7 @@ def ulysses_attention(comm, q, k, v, causal=True, algorithm="pairwise", keep_pro
 
     4 all-to-alls (``algorithm``: "pairwise" moves each byte once, see ``ulysses_bytes``)."""
     _check_qkv(q, k, v, f"ulysses_attention on rank {comm.rank}")
+    _agree_flags(comm, "ulysses_attention", q, causal=bool(causal))
     p, h = comm.world_size, q.shape[1]
     if h % p:
         raise ValueError(f"ulysses_attention on rank {comm.rank}: {h} heads cannot be split over cp={p} ranks "
@@ -201,6 +223,7 @@ def ring_attention(comm, q, k, v, causal=True, zigzag=True, overlap=True):
     """Ring attention forward; q, k, v (b, h, s/p, dh): this rank's tokens
     (``cp_shard(x, p, rank, zigzag)``). Returns ``(out, cache)``, out (b, h, s/p, dh)."""
     _check_qkv(q, k, v, f"ring_attention on rank {comm.rank}")
+    _agree_flags(comm, "ring_attention", q, causal=bool(causal), zigzag=bool(zigzag), overlap=bool(overlap))
     p, r, xp = comm.world_size, comm.rank, comm.xp
     b, h, n, dh = q.shape
     nc = 2 if zigzag else 1
