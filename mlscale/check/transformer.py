@@ -13,8 +13,23 @@
    checked on 1, 2, 3 and 4 simulated ranks against the sum computed in one process,
    with exactly one reduce-scatter and no other collective (the all-reduce of plain
    tensor parallelism moves the same bytes but leaves every token on every rank).
+3. ``fsdp_forward(fn)``: the learner writes the ZeRO-3 / FSDP forward of a stack of layers
+   (Rajbhandari et al. 2020, section 5.3; torch FSDP's unshard/reshard),
+
+       def fn(comm, shards, layers, x):   # shards[i]: my piece of layer i's flat params
+           ...                            # layers[i](params, x): layer i on its FULL params
+
+   checked on 1 to 5 simulated ranks (shards that do not divide evenly included): each
+   layer's parameters gathered with one all_gather just before it runs (prefetching the next
+   one is fine, synchronously or on ``comm.start``'s communication stream), never the whole
+   model at once, and freed after use (the checker holds weak references to what each layer
+   was given: a gathered layer still alive when a later one runs, or after the forward, is
+   memory ZeRO-3 exists to save).
 """
 from __future__ import annotations
+
+import gc
+import weakref
 
 import numpy as np
 
@@ -43,6 +58,27 @@ result (np.array_split). Chunks must be whole tokens: move the sequence to the f
     b, s, d = partial.shape
     return mine.reshape(s // comm.world_size, b, d).swapaxes(0, 1)
 Still stuck? from mlscale.check import solution; solution("sp_reduce_scatter")"""
+
+
+FSDP_HINT = """\
+One layer at a time: gather its parameters, run it, let them go. comm.all_gather(shard)
+concatenates every rank's shard in rank order (uneven shards too), which is exactly the
+layer's flat parameter vector:
+    for shard, layer in zip(shards, layers):
+        params = comm.all_gather(shard)   # the whole layer, on every rank, for a moment
+        x = layer(params, x)
+        del params                        # ZeRO-3: free it; the backward gathers it again
+    return x
+Still stuck? from mlscale.check import solution; solution("fsdp_forward")"""
+
+
+def fsdp_forward_solution(comm, shards, layers, x):
+    """ZeRO-3 forward: gather each layer's parameters just before it runs, free them after."""
+    for shard, layer in zip(shards, layers):
+        params = comm.all_gather(shard)  # the layer's flat parameters, in rank order
+        x = layer(params, x)
+        del params  # the backward gathers them again
+    return x
 
 
 def mesh_coordinates_solution(rank, sizes):
@@ -163,7 +199,135 @@ def sp_reduce_scatter(fn, world_sizes=(1, 2, 3, 4), verbose=True):
     return res.done(verbose)
 
 
+FSDP_SIZES = (5, 4, 6, 3)  # three Linear layers: 24, 30 and 21 parameters (weights and biases)
+
+
+class _LoggingComm(_CountingComm):
+    """Counts the collectives and logs their order beside the layers' calls; work started on
+    the communication stream (``comm.start``) is counted too."""
+
+    def __init__(self, comm, log, calls=None):
+        super().__init__(comm)
+        self.log = log
+        if calls is not None:
+            self.calls = calls
+
+    def __getattr__(self, name):
+        attr = super().__getattr__(name)
+        if name in self.COLLECTIVES:
+            def logged(*args, **kwargs):
+                self.log.append(name)
+                return attr(*args, **kwargs)
+            return logged
+        if name == "start":
+            def start(fn, *args):
+                return attr(lambda c, *a: fn(_LoggingComm(c, self.log, self.calls), *a), *args)
+            return start
+        return attr
+
+
+def _fsdp_layers(rng):
+    params, layers = [], []
+    for i, (a, b) in enumerate(zip(FSDP_SIZES[:-1], FSDP_SIZES[1:])):
+        params.append(rng.standard_normal(a * b + b) * 0.5)
+
+        def layer(flat, x, a=a, b=b):
+            return np.tanh(x @ flat[:a * b].reshape(a, b) + flat[a * b:])
+        layers.append(layer)
+    return params, layers
+
+
+def fsdp_forward(fn, world_sizes=(1, 2, 3, 4, 5), verbose=True):
+    """Check the ZeRO-3 forward ``fn(comm, shards, layers, x)``: one all_gather per layer just
+    before it runs, the values, and that no gathered layer outlives its use."""
+    res = CheckResult("fsdp_forward")
+    rng = np.random.default_rng(12)
+    full, layers = _fsdp_layers(rng)
+    x = rng.standard_normal((2, FSDP_SIZES[0]))
+    want = x
+    for w, layer in zip(full, layers):
+        want = layer(w, want)
+    L = len(layers)
+    for p in world_sizes:
+        def prog(comm, p=p):
+            log, given = [], []
+
+            def watched(i):
+                def call(params, h):
+                    arr = np.asarray(params)
+                    alive = [j for j, ref in given if ref() is not None]
+                    log.append(("layer", i, tuple(arr.shape), bool(arr.shape == full[i].shape and np.allclose(
+                        arr, full[i], rtol=0, atol=1e-12)), alive, log.count("all_gather")))
+                    try:
+                        given.append((i, weakref.ref(params)))
+                    except TypeError:  # a list or tuple: no weak reference, judged by its values
+                        pass
+                    if not log[-1][3]:  # wrong parameters: carry on with zeros, the judge names why
+                        return np.zeros((np.shape(h)[0], FSDP_SIZES[i + 1]))
+                    return layers[i](arr, h)
+                return call
+
+            counted = _LoggingComm(comm, log)
+            shards = [np.array_split(w, comm.world_size)[comm.rank].copy() for w in full]
+            y = fn(counted, shards, [watched(i) for i in range(L)], x.copy())
+            gc.collect()
+            after = [j for j, ref in given if ref() is not None]
+            return y, dict(counted.calls), log, after
+
+        def judge(out, p=p):
+            y, calls, log, after = out[0]
+            others = {k: v for k, v in calls.items() if k != "all_gather"}
+            if "all_reduce" in others:
+                return ("called all_reduce: summing zero-padded parameters gives the right numbers, but each "
+                        "rank moves 2(p-1)/p of the layer instead of an all_gather's (p-1)/p; FSDP all-gathers "
+                        "the shards")
+            if "broadcast" in others:
+                return ("called broadcast: it sends ONE rank's array to all, but each rank holds only its own "
+                        "shard of every layer; all_gather puts the shards together")
+            if others:
+                return f"called {others}: ZeRO-3's forward needs one all_gather per layer and nothing else"
+            layer_calls = [e for e in log if isinstance(e, tuple)]
+            if len(layer_calls) != L:
+                return f"ran {len(layer_calls)} layer calls, expected {L} (each layer once, in order)"
+            for i, (_, j, shape, right, alive, gathered) in enumerate(layer_calls):
+                if j != i:
+                    return f"layer {j} ran as call {i}: run the layers in order"
+                if gathered > i + 2:
+                    return (f"{gathered} all_gathers had run before layer {i} did: every layer was gathered up "
+                            f"front, so the whole model sits on every rank (ZeRO-1/2's memory, not ZeRO-3's); "
+                            f"gather each layer just before it runs (one ahead, as prefetch, is fine)")
+                if not right:
+                    n = full[i].size
+                    mine = np.array_split(np.arange(n), p)[0].size
+                    if shape != (n,) and shape and shape[0] <= mine:
+                        return (f"layer {i} was given {shape[0]} parameters, this rank's shard only; it needs "
+                                f"all {n}: all_gather the shards first")
+                    return (f"layer {i} was given parameters of shape {shape} that are not its {n} flat "
+                            f"parameters in rank order (all_gather returns them in rank order)")
+                if alive:
+                    return (f"the parameters gathered for layer {alive[0]} were still alive when layer {i} ran: "
+                            f"free them once used (del, or rebind the name); kept, they grow to the whole "
+                            f"model on every rank")
+            if calls.get("all_gather", 0) != L:
+                return f"called all_gather {calls.get('all_gather', 0)} times; one per layer ({L}) is needed"
+            if after:
+                return (f"the gathered parameters of layer(s) {after} were still alive after the forward (kept "
+                        f"for the backward?): ZeRO-3 frees them, and gathers each layer again in the backward")
+            for r, (yr, *_rest) in enumerate(out):
+                if yr is None:
+                    return f"rank {r} returned None: return the last layer's output"
+                if np.shape(yr) != want.shape or not np.allclose(yr, want, rtol=1e-10, atol=1e-10):
+                    return f"rank {r}: the output is not the layers applied in turn (shape {np.shape(yr)})"
+            return None
+
+        if not try_case(res, f"p={p}, {L} layers", lambda p=p, prog=prog: launch(prog, p), judge):
+            return res.done(verbose)
+    return res.done(verbose)
+
+
 register("mesh_coordinates", MESH_HINT, mesh_coordinates_solution)
 register("sp_reduce_scatter", SP_HINT, sp_reduce_scatter_solution)
+register("fsdp_forward", FSDP_HINT, fsdp_forward_solution)
 
-__all__ = ["mesh_coordinates", "sp_reduce_scatter", "mesh_coordinates_solution", "sp_reduce_scatter_solution"]
+__all__ = ["mesh_coordinates", "sp_reduce_scatter", "fsdp_forward", "mesh_coordinates_solution",
+           "sp_reduce_scatter_solution", "fsdp_forward_solution"]

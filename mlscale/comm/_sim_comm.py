@@ -71,13 +71,20 @@ class _RecvRequest(Request):
 
 
 class _TaskRequest(Request):
-    __slots__ = ("sim", "R", "T")
+    __slots__ = ("sim", "R", "T", "value", "waited")
 
     def __init__(self, sim, R, T):
         self.sim, self.R, self.T = sim, R, T
+        self.waited = False
 
     def wait(self):
-        return self.sim.join(self.R, self.T)
+        if not self.waited:
+            self.value = self.sim.join(self.R, self.T)
+            self.waited = True
+            # the task stays in the simulator's lists: from here its result lives only in this
+            # request, so it is freed with it (an FSDP prefetch's gathered layer, say)
+            self.T.result = None
+        return self.value
 
     def test(self):
         return self.T.state == DONE and self.T.clock <= self.R.clock
