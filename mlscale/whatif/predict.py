@@ -153,7 +153,11 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
         r = fn()
         return r, comm.clock - t0, dev.costs.seconds - c0
 
+    live0 = dev.memory.allocated
     _, tf, cf = span(lambda: block.forward(x))
+    if not recompute:  # every layer's whole saved state, for each micro-batch in flight (less this one's)
+        saved = dev.memory.allocated - live0
+        kept = dev.empty((max(0, math.ceil(in_flight * layers) - 1) * saved,), np.uint8)
     # full recomputation: forward again in backward, then the backward (its collectives included)
     _, tb, cb = span(lambda: (block.forward(x) if recompute else None, block.backward(dy),
                               block.sync_grads() if sp else None))
@@ -256,7 +260,7 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
             raise ValueError(f"predict: num_chunks={v} does not divide the {per_stage} layers of a stage")
     hw = get_hardware(hardware or cl.gpu).with_efficiency(**{**EFFICIENCY, **(efficiency or {})})
     ops = interleaved_schedule(pp, m, v)
-    in_flight = peak_activations(ops, v)[0] if recompute else 0
+    in_flight = peak_activations(ops, v)[0]
     cfg1 = GPTConfig(**{**model_cfg.__dict__, "num_layers": 1, "recompute": None})
 
     def stage(first, last):
