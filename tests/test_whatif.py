@@ -125,3 +125,21 @@ def test_bad_input_is_named():
         predict(cfg, pp=5)
     with pytest.raises(ValueError, match="schedule"):
         predict(cfg, schedule="gpipe")
+
+
+def test_sequence_parallel_keeps_fewer_activations_for_about_the_same_time():
+    r = ROW["18B"]
+    plain, sp = predict_row(r), predict_row(r, sequence_parallel=True)
+    assert sp.memory_by_kind["activations"] < plain.memory_by_kind["activations"]
+    assert sp.memory_peak < plain.memory_peak
+    # the same bytes on NVLink (all-gather + reduce-scatter = all-reduce), plus Megatron's regather in backward
+    assert plain.breakdown["tp_comm"] <= sp.breakdown["tp_comm"] < 1.5 * plain.breakdown["tp_comm"]
+    assert sp.tflops_per_gpu == pytest.approx(plain.tflops_per_gpu, rel=0.1)
+
+
+def test_bench_megatron_prints_every_row(capsys):
+    from mlscale.bench.megatron import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {r.name} " in out for r in TABLE1) and "meets the target" in out
