@@ -143,3 +143,18 @@ def test_bench_megatron_prints_every_row(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert all(f"| {r.name} " in out for r in TABLE1) and "meets the target" in out
+
+
+def test_qk_scores_of_16bit_shape_only_arrays_are_one_16bit_tensor_core_gemm():
+    from mlscale.nn.attention import _probs
+
+    b, a, s, d = 2, 3, 64, 16
+    dev = Meta("A100-80GB-SXM", record=True)
+    q, k = dev.zeros((b, a, s, d), np.float16), dev.zeros((b, a, s, d), np.float16)
+    dev.oplog.clear()
+    p = _probs(q, k, True)
+    (mm_op, mm_cls, mm_flops, mm_bytes, mm_t), (sm_op, _, _, sm_bytes, _) = dev.oplog
+    assert (mm_op, mm_cls, sm_op, p.dtype) == ("matmul", "matmul", "softmax", np.float16)
+    assert mm_flops == 2 * b * a * s * s * d and mm_bytes == q.nbytes + k.nbytes + p.nbytes  # 16-bit S written
+    assert mm_t == pytest.approx(dev.hardware.op_time("matmul", mm_flops, mm_bytes, np.float16), rel=1e-12)
+    assert sm_bytes == 2 * p.nbytes  # the softmax reads S (16-bit) and writes P
