@@ -51,8 +51,9 @@ def _probs(q, k, causal):
     xp = array_module(q)
     t = q.shape[-2]
     acc = np.float32 if q.dtype.itemsize < 4 else q.dtype
-    if getattr(q, "_shape_only", False):  # mlscale.meta: one 16-bit tensor-core GEMM (Megatron's baddbmm), then
-        s = matmul(q, k.swapaxes(-1, -2)).astype(acc, copy=False) * (1.0 / math.sqrt(q.shape[-1]))  # fp32 in-kernel
+    if getattr(q, "_shape_only", False):  # mlscale.meta: one 16-bit tensor-core GEMM (Megatron's baddbmm) writes S;
+        s16 = matmul(q, k.swapaxes(-1, -2))  # the fused softmax reads it (kept alive: the region tracks it by id)
+        s = s16.astype(acc, copy=False) * (1.0 / math.sqrt(q.shape[-1]))  # fp32 inside the kernel
     else:
         s = (q.astype(acc, copy=False) @ k.astype(acc, copy=False).swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     if causal:

@@ -35,4 +35,12 @@ def compare_megatron(rows=None, **overrides):
     return out
 
 
-__all__ = ["row_config", "predict_row", "compare_megatron"]
+__all__ = ["row_config", "predict_row", "compare_megatron", "calibrate_matmul"]
+
+
+def calibrate_matmul(grid=None):
+    """The GEMM efficiency (of the fp16 peak) with the smallest largest |error| over Table 1:
+    the ONE number fitted, on all rows at once. Returns ``(best, {eff: max |error|})``."""
+    grid = [round(0.60 + 0.01 * i, 2) for i in range(21)] if grid is None else grid
+    worst = {e: max(abs(err) for _, _, err in compare_megatron(efficiency={"matmul": e})) for e in grid}
+    return min(worst, key=worst.get), worst
