@@ -35,7 +35,25 @@ def compare_megatron(rows=None, **overrides):
     return out
 
 
-__all__ = ["row_config", "predict_row", "compare_megatron", "calibrate_matmul"]
+__all__ = ["row_config", "predict_row", "compare_megatron", "compare_korthikanti", "calibrate_matmul"]
+
+
+def compare_korthikanti(**overrides):
+    """The second source: Korthikanti et al. 2022, Table 5 (full recomputation, no SP, no
+    dp). ``[(row, prediction, error)]``, error = published time / predicted time - 1 (the
+    error of the predicted throughput), with the GEMM efficiency calibrated on Table 1."""
+    from ..nn.transformer import GPTConfig
+    from .megatron_table import KORTHIKANTI_TABLE5
+
+    out = []
+    for r in KORTHIKANTI_TABLE5:
+        cfg = GPTConfig(vocab_size=VOCAB, seq_len=SEQ_LEN, d_model=r.hidden, num_heads=r.heads, num_layers=r.layers)
+        kw = dict(cluster="DGX-A100", tp=r.tp, pp=r.pp, dp=r.gpus // (r.tp * r.pp), micro_batch=r.micro_batch,
+                  global_batch=r.batch, schedule="interleaved", num_chunks=r.chunks, recompute="full")
+        kw.update(overrides)
+        p = predict(cfg, **kw)
+        out.append((r, p, r.time_full / p.step_time - 1))
+    return out
 
 
 def calibrate_matmul(grid=None):

@@ -96,5 +96,45 @@ def model_flops_eq3(batch, seq_len, layers, hidden, vocab):
     return 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
 
 
-__all__ = ["Row", "TABLE1", "SOURCE", "SEQ_LEN", "VOCAB", "PEAK_TFLOPS", "ASSUMED", "chunks_for",
+# -- a second source ------------------------------------------------------------------------
+# V. Korthikanti, J. Casper, S. Lym, L. McAfee, M. Andersch, M. Shoeybi, B. Catanzaro,
+# "Reducing Activation Recomputation in Large Transformer Models", MLSys 2023,
+# arXiv:2205.05198: a year later, a newer Megatron-LM, its own runs on Selene (DGX A100,
+# 8 x 200 Gb/s HDR IB a node), s = 2048, V = 51,200, no data parallelism. Table 3 (the
+# configurations; "the interleaving schedule with three interleaving stages" for 175B and
+# 530B: 3 chunks; the 1T's schedule is not stated: taken as 1F1B), Table 5 (end-to-end
+# iteration time with full recomputation and without sequence parallelism: the set-up
+# this predictor models; "present work", SP + selective recomputation, beside it), and
+# Table 4 (one layer of the 22B model, micro-batch 4: forward 7.7 ms; backward 11.9 ms,
+# 19.5 ms with full recomputation). Section 6.2: in their backward "we overlap all-reduce
+# communication with the linear weight's gradient computation"; this predictor does not.
+class KRow(NamedTuple):
+    name: str
+    heads: int
+    hidden: int
+    layers: int
+    tp: int
+    pp: int
+    gpus: int
+    batch: int
+    micro_batch: int
+    chunks: int            # model chunks per stage (3 for 175B and 530B; 1T: assumed 1)
+    time_full: float       # s per iteration, full recomputation, no SP (Table 5)
+    time_present: float    # s per iteration, SP + selective recomputation (Table 5)
+    mfu_present: float     # % (Table 5)
+
+
+KORTHIKANTI_SOURCE = ("Korthikanti et al. 2022, 'Reducing Activation Recomputation in Large Transformer Models', "
+                      "MLSys 2023, arXiv:2205.05198, Tables 3, 4 and 5")
+KORTHIKANTI_TABLE5 = [
+    KRow("22B", 64, 6144, 48, 8, 1, 8, 4, 4, 1, 1.42, 1.10, 41.5),
+    KRow("175B", 96, 12288, 96, 8, 8, 64, 64, 1, 3, 18.13, 13.75, 51.4),
+    KRow("530B", 128, 20480, 105, 8, 35, 280, 280, 1, 3, 49.05, 37.83, 56.0),
+    KRow("1T", 160, 25600, 128, 8, 64, 512, 512, 1, 1, 94.42, 71.49, 56.3),
+]
+# Table 4: one layer of the 22B model (tp 8, micro-batch 4), milliseconds
+KORTHIKANTI_TABLE4_22B = {"forward": 7.7, "backward": 11.9, "backward_full_recompute": 19.5}
+
+
+__all__ = ["KRow", "KORTHIKANTI_SOURCE", "KORTHIKANTI_TABLE5", "KORTHIKANTI_TABLE4_22B", "Row", "TABLE1", "SOURCE", "SEQ_LEN", "VOCAB", "PEAK_TFLOPS", "ASSUMED", "chunks_for",
            "micro_batch_for", "model_flops_eq3"]
