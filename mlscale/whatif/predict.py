@@ -73,13 +73,23 @@ full simulation on ``mlscale bench sim``'s scale could show and this does not.
   on NVLink at 300 GB/s per direction, 2 us a message (the DGX-A100 preset). Real NCCL
   all-reduces reach about 230 GB/s of bus bandwidth: a small underestimate of TP time.
 - No time for the data loader, logging, the loss-scale check or the gradient-norm
-  clipping (a read of the gradients; a few ms); no kernel-launch gaps.
+  clipping (a read of the gradients; a few ms); no kernel-launch gaps; the
+  vocab-parallel embedding's all-reduce and the cross-entropy's three small ones are
+  left out (one (b, s, h) all-reduce a micro-batch on stage 0, against 2 l/pp x 3 in
+  its layers).
 - Memory of a row (``Prediction.memory_peak``): stage 0 (the most micro-batches in
   flight, the embedding), measured by the Meta device's tracker: 16-bit parameters and
   gradients, fp32 master weights and Adam's m and v (16 B a parameter), each layer's
   input kept for every micro-batch in flight (``pp_modern.peak_activations`` of the
   schedule), and one layer's full working set during its recomputation and backward.
   Past the accelerator's memory it raises :class:`mlscale.meta.OutOfMemoryError`.
+
+**How well** (``mlscale bench megatron``, docs/benchmarks.md): every row of Narayanan et
+al.'s Table 1 within 3.9% (the 1.7B and 76B rows rated high, 7.5B and 18B low), and
+Korthikanti et al. 2022's full-recomputation iteration times (a second source,
+``megatron_table.KORTHIKANTI_TABLE5``) within 12.5%, rated slow more as the model grows:
+their newer Megatron overlaps the backward's all-reduces with the weight-gradient GEMMs,
+which this does not model.
 """
 from __future__ import annotations
 
