@@ -137,5 +137,4 @@ KORTHIKANTI_TABLE4_22B = {"forward": 7.7, "backward": 11.9, "backward_full_recom
 
 
 __all__ = ["KRow", "KORTHIKANTI_SOURCE", "KORTHIKANTI_TABLE5", "KORTHIKANTI_TABLE4_22B", "Row", "TABLE1", "SOURCE",
-            "SEQ_LEN", "VOCAB", "PEAK_TFLOPS", "ASSUMED", "chunks_for",
-           "micro_batch_for", "model_flops_eq3"]
+           "SEQ_LEN", "VOCAB", "PEAK_TFLOPS", "ASSUMED", "chunks_for", "micro_batch_for", "model_flops_eq3"]
