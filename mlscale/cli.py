@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("allreduce", "kernels", "train", "gpt", "fsdp", "alltoall", "sim")
+BENCHES = ("allreduce", "kernels", "train", "gpt", "fsdp", "alltoall", "sim", "megatron")
 
 
 def main(argv=None):

@@ -20,9 +20,11 @@ inputs from HBM and writes its output back, except inside a :meth:`Meta.fusion` 
 cross-entropy with ``@fused``), charged as one kernel: the region's inputs and outputs
 only, as Megatron's fused kernels move them. ``Meta(fuse=False)`` charges every op (an
 unfused PyTorch eager run). A GPT-2 XL-sized step (b=8, s=1024, fp16, A100 preset):
-fused 0.67 s (MFU 0.40), of which 0.33 s weight matmuls, 0.18 s attention, 0.15 s
-elementwise; unfused 1.89 s (MFU 0.14), 1.27 s of it elementwise. The attention core is
-not FlashAttention: P (b a s^2) is written and read back, as this package's code does.
+fused 0.55 s (MFU 0.49), of which 0.33 s weight matmuls, 0.08 s attention, 0.13 s
+elementwise; unfused 1.82 s (MFU 0.15), 1.29 s of it elementwise. The attention core is
+not FlashAttention: P (b a s^2) is written and read back, as this package's code does;
+Q K^T of 16-bit q, k is one 16-bit tensor-core GEMM writing 16-bit scores, as
+Megatron's baddbmm (before: charged at the fp32 rate, 0.18 s of attention).
 
 Memory: every owning array counts its bytes as live from creation until CPython frees it,
 by kind: "params" and "grads" (a model's flat buffers), "optimizer" (its state), and

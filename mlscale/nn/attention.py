@@ -51,7 +51,11 @@ def _probs(q, k, causal):
     xp = array_module(q)
     t = q.shape[-2]
     acc = np.float32 if q.dtype.itemsize < 4 else q.dtype
-    s = (q.astype(acc, copy=False) @ k.astype(acc, copy=False).swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    if getattr(q, "_shape_only", False):  # mlscale.meta: one 16-bit tensor-core GEMM (Megatron's baddbmm) writes S;
+        s16 = matmul(q, k.swapaxes(-1, -2))  # the fused softmax reads it (kept alive: the region tracks it by id)
+        s = s16.astype(acc, copy=False) * (1.0 / math.sqrt(q.shape[-1]))  # fp32 inside the kernel
+    else:
+        s = (q.astype(acc, copy=False) @ k.astype(acc, copy=False).swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     if causal:
         s = xp.where(xp.tril(xp.ones((t, t), dtype=bool)), s, -xp.inf)  # j > i masked
     s = s - s.max(axis=-1, keepdims=True)
