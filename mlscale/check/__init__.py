@@ -15,3 +15,4 @@ from .transformer import mesh_coordinates, sp_reduce_scatter  # noqa: F401,E402
 from .alltoall import pairwise_all_to_all  # noqa: F401,E402
 from .schedules import interleaved_order  # noqa: F401,E402
 from .online_softmax import online_softmax_merge  # noqa: F401,E402
+from .planning import memory_per_gpu  # noqa: F401,E402
