@@ -30,14 +30,21 @@ def _doing(comm, tag, plain, in_coll):
     return in_collective(comm._labels[-1] if comm._labels else "", comm._coll_seq, in_coll)
 
 
-class _SendRequest(Request):
-    __slots__ = ("sim", "R", "end")
+def _isend_what(comm, dst, tag):
+    """What a rank waits in when its isend above the eager limit has no matching recv:
+    "isend().wait()" on a user tag; on the collectives' tag, the collective and
+    algorithm ("all_reduce #1 (algorithm='ring'): isend(dst=1).wait()")."""
+    return lambda: _doing(comm, tag, "isend().wait()", f"isend(dst={dst}).wait()")
 
-    def __init__(self, sim, R, end):
-        self.sim, self.R, self.end = sim, R, end
+
+class _SendRequest(Request):
+    __slots__ = ("sim", "R", "end", "what")
+
+    def __init__(self, sim, R, end, what="isend().wait()"):
+        self.sim, self.R, self.end, self.what = sim, R, end, what
 
     def wait(self):
-        self.sim.complete_send(self.R, self.end, "isend().wait()")
+        self.sim.complete_send(self.R, self.end, self.what)
 
     def test(self):
         end = self.end.end if isinstance(self.end, _Rendezvous) else self.end
@@ -131,7 +138,7 @@ class SimComm(Communicator):
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
-        return _SendRequest(self.sim, self._R, end)
+        return _SendRequest(self.sim, self._R, end, _isend_what(self, dst, tag) if tag >= MAX_TAG else "isend().wait()")
 
     def start(self, fn, *args):
         """Run ``fn(stream_comm, *args)`` in the background on this rank's communication
@@ -147,7 +154,7 @@ class SimComm(Communicator):
 
     def _isend_given(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
-        return _SendRequest(self.sim, self._R, end)
+        return _SendRequest(self.sim, self._R, end, _isend_what(self, dst, tag) if tag >= MAX_TAG else "isend().wait()")
 
     def _recv(self, src, tag, out, timeout=None):
         gsrc = self.group[src]
@@ -204,7 +211,7 @@ class SimComm(Communicator):
                             lambda: _doing(self, tag, f"irecv(src={src}, tag={tag}).wait()",
                                            f"irecv(src={src}).wait()"), box)
         finally:
-            sim.complete_send(R, end, "isend().wait()")
+            sim.complete_send(R, end, "isend().wait()" if end.__class__ is float else _isend_what(self, dst, tag))
 
     def recv_any(self, tag=0, out=None, timeout=None):
         """Receive the first message to arrive from any rank: returns ``(src, array)``."""
