@@ -226,7 +226,15 @@ class Mailboxes:
         while True:
             item = box.msgs.get(idx)
             if item is not None and (deadline is None or item[0] <= deadline):
-                del box.msgs[idx]
+                msgs = box.msgs
+                del msgs[idx]
+                if not msgs and box.nsent == box.nposted and not box.posted_at and not box.waiting \
+                        and self.by_dst is None:
+                    # drained: forget it now (as _sweep_boxes would later; the next message on
+                    # this key starts a new box at 0), so the table holds what is in flight
+                    key = (ctx, src, R.rank, tag)
+                    if self.boxes.get(key) is box:
+                        del self.boxes[key]
                 t = item[0]
                 if R.death is None:  # (advance, inlined)
                     if t > R.clock:
