@@ -231,8 +231,8 @@ class SimComm(Communicator):
             # the message is there and the send is eager: sim.take then sim.complete_send,
             # inlined (neither waits)
             t, payload = msgs.pop(idx)
-            if not msgs and box.nsent == box.nposted and not box.posted_at and not box.waiting \
-                    and sim.by_dst is None:
+            if not msgs and len(sim.boxes) > sim.box_keep and box.nsent == box.nposted \
+                    and not box.posted_at and not box.waiting and sim.by_dst is None:  # (as in take)
                 key = (ctx, gsrc, R.rank, tag)
                 if sim.boxes.get(key) is box:
                     del sim.boxes[key]

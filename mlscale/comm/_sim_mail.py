@@ -228,10 +228,11 @@ class Mailboxes:
             if item is not None and (deadline is None or item[0] <= deadline):
                 msgs = box.msgs
                 del msgs[idx]
-                if not msgs and box.nsent == box.nposted and not box.posted_at and not box.waiting \
-                        and self.by_dst is None:
-                    # drained: forget it now (as _sweep_boxes would later; the next message on
-                    # this key starts a new box at 0), so the table holds what is in flight
+                if not msgs and len(self.boxes) > self.box_keep and box.nsent == box.nposted \
+                        and not box.posted_at and not box.waiting and self.by_dst is None:
+                    # drained, and many boxes: forget it now (as _sweep_boxes would later; the
+                    # next message on this key starts a new box at 0), so the table holds what
+                    # is in flight
                     key = (ctx, src, R.rank, tag)
                     if self.boxes.get(key) is box:
                         del self.boxes[key]

@@ -56,6 +56,9 @@ class Simulator(Mailboxes):
         self.ingress = [0.0] * world_size  # time its incoming port is free
         self.boxes = {}
         self.box_limit = 4 * world_size + 1024  # then drained boxes are swept (_sweep_boxes)
+        # above this many boxes, one is forgotten as soon as it drains (below, it is kept for
+        # the next message on its key: two ranks talking again and again make no new boxes)
+        self.box_keep = 2 * world_size + 64
         self.by_dst = None  # (ctx, dst, tag) -> {src: box}, for recv_any: built on its first use
         self.boards = {}  # (ctx, seq) -> {local rank: (sig, extra)}
         self.agreed = {}  # (ctx, seq) -> [extras], [readers left]
