@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: lab test test-python test-notebooks test-fast bench doctor clean
 
@@ -12,6 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[lab,mpi,dev]"
+	@# torch (CPU) for the torch engine's tests (tests/test_torch.py): best effort, they skip without it
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" \
+	  || echo "torch not installed: tests/test_torch.py will skip (pip install 'mlscale[torch]')"
 	touch $(STAMP)
 
 lab: $(STAMP)

@@ -38,13 +38,13 @@ def run_sections(comm, sections):
 class Batches:
     """One launch per world size of ``sections`` ({name: fn(comm)}), cached."""
 
-    def __init__(self, sections, timeout=120):
-        self.sections, self.timeout, self.cache = sections, timeout, {}
+    def __init__(self, sections, timeout=120, backend="mpi"):
+        self.sections, self.timeout, self.cache, self.backend = sections, timeout, {}, backend
 
     def batch(self, p):
         if p not in self.cache:
             t0 = time.perf_counter()
-            res = ms.launch(run_sections, p, args=(self.sections,), backend="mpi", timeout=self.timeout)
+            res = ms.launch(run_sections, p, args=(self.sections,), backend=self.backend, timeout=self.timeout)
             self.cache[p] = (res, time.perf_counter() - t0)
         return self.cache[p][0]
 

@@ -14,3 +14,4 @@ from .federated import fedavg, pairwise_mask  # noqa: F401,E402
 from .transformer import mesh_coordinates, sp_reduce_scatter  # noqa: F401,E402
 from .alltoall import pairwise_all_to_all  # noqa: F401,E402
 from .schedules import interleaved_order  # noqa: F401,E402
+from .online_softmax import online_softmax_merge  # noqa: F401,E402

@@ -25,7 +25,15 @@ def get_xp(x):
         import cupy
 
         return cupy
+    if mod.startswith("mlscale.meta"):  # a shape-only array: its own module (mlscale.meta.Meta)
+        return x.xp
     return np
+
+
+def buffer_xp(comm, x):
+    """The module to allocate a collective's buffers for ``x``: ``comm.xp``, or for a
+    shape-only array (mlscale.meta) its own module, so no real memory is touched."""
+    return x.xp if getattr(x, "_shape_only", False) is True else comm.xp
 
 
 _NP_UFUNC = {op: getattr(np, name) for op, name in _UFUNC.items()}

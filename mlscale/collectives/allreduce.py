@@ -6,7 +6,7 @@ p ranks) is in :mod:`mlscale.collectives.cost`; on the ``sim`` engine the virtua
 time equals it.
 """
 from ._p2p import bounds, fold_in, fold_out, pass_along, recv, reduce_, release, send, sendrecv
-from ._reduce_ops import finish
+from ._reduce_ops import buffer_xp, finish
 from .rooted import broadcast_tree, reduce_tree
 
 
@@ -48,7 +48,7 @@ def _ring_reduce_scatter(comm, flat, cut, op, shift):
     spare = None
     if comm.prefers_out and p > 1:  # two buffers: one on the wire, one being received
         widest = max(cut[i + 1] - cut[i] for i in range(p))
-        spare = [comm.xp.empty(widest, flat.dtype) for _ in range(2)]
+        spare = [buffer_xp(comm, flat).empty(widest, flat.dtype) for _ in range(2)]
     for s in range(p - 1):
         ri = (r - s - 1 + shift) % p
         into = spare[s % 2][: cut[ri + 1] - cut[ri]] if spare else None

@@ -26,12 +26,13 @@ messages, each byte moving up to lg p times): Thakur, Rabenseifner and Gropp 200
 section 3.4, MPICH's choice (Bruck for pieces of at most 256 bytes on 8 ranks or more).
 """
 from ._p2p import TAG
+from ._reduce_ops import buffer_xp
 
 
 def _exchange(comm, x, dst, src, shape, dtype):
     """Send x to dst while receiving a piece of ``shape`` from src."""
     if comm.prefers_out:
-        buf = comm.xp.empty(shape, dtype=dtype)
+        buf = buffer_xp(comm, x).empty(shape, dtype=dtype)
         return comm.sendrecv(x, dst, src, TAG, out=buf, _internal=True)
     return comm.sendrecv(x, dst, src, TAG, _internal=True).reshape(shape)
 
@@ -67,7 +68,7 @@ def bruck(comm, pieces, counts):
     rank s - (i mod k) + i; so each rank knows the size of every block it receives,
     uneven pieces included. Bytes: m_k blocks in step k, m_k = #{i < p: i & k}."""
     p, r = comm.world_size, comm.rank
-    xp = comm.xp
+    xp = buffer_xp(comm, pieces[r])
     rows, dtype = tuple(pieces[r].shape[1:]), pieces[r].dtype
     blocks = [pieces[(r + i) % p] for i in range(p)]  # 1. block i goes to rank r+i
     k = 1
@@ -101,7 +102,7 @@ def linear(comm, pieces, counts):
     serves them in order; the time is then the pairwise one's, without the steps'
     synchronisation (a lower bound where ports contend)."""
     p, r = comm.world_size, comm.rank
-    xp = comm.xp
+    xp = buffer_xp(comm, pieces[r])
     rows, dtype = tuple(pieces[r].shape[1:]), pieces[r].dtype
     got = [None] * p
     got[r] = pieces[r].copy()

@@ -9,7 +9,7 @@ all_gather: every rank gets every rank's x, concatenated along axis 0 in rank or
 import math
 
 from ._p2p import bounds, fold, fold_in, fold_out, recv, send
-from ._reduce_ops import finish
+from ._reduce_ops import buffer_xp, finish
 from .allreduce import _ring_all_gather, _ring_reduce_scatter, double, halve
 from .rooted import broadcast_tree, gather_linear, reduce_linear, scatter_linear
 
@@ -70,7 +70,7 @@ def _layout(comm, x, counts):
     cut = [0]
     for c in counts:
         cut.append(cut[-1] + c * row)
-    out = comm.xp.empty(cut[-1], dtype=x.dtype)
+    out = buffer_xp(comm, x).empty(cut[-1], dtype=x.dtype)
     r = comm.rank
     out[cut[r]:cut[r + 1]] = x.reshape(-1)
     return out, cut, (sum(counts),) + rows

@@ -1,4 +1,4 @@
-"""Communicators and their engines: ``sim`` (default), ``mpi``, ``nccl``."""
+"""Communicators and their engines: ``sim`` (default), ``mpi``, ``nccl``, ``torch``."""
 from .base import ANY_SOURCE, Communicator, Request, wait_all  # noqa: F401
 from .errors import BackendUnavailable, CommError, DeadlockError, RankFailure, TimeoutError  # noqa: F401
 from .network import NetworkModel  # noqa: F401
@@ -17,3 +17,10 @@ def NCCLComm(*args, **kwargs):
     from .nccl import NCCLComm as _NCCLComm
 
     return _NCCLComm(*args, **kwargs)
+
+
+def TorchComm(*args, **kwargs):
+    """The torch engine over torch.distributed (gloo): ``torchrun --nproc-per-node 4 script.py``."""
+    from .torch_dist import TorchComm as _TorchComm
+
+    return _TorchComm(*args, **kwargs)

@@ -79,6 +79,14 @@ def find_mpiexec(explicit=None):
     )
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _child_env(world_size, engine, d):
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_DROP)}
     if "HWLOC_XMLFILE" not in env:
@@ -231,8 +239,9 @@ def _rank_error(rank, world_size, info, engine):
 def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=True, echo=True,
                      mpiexec=None, extra_args=()):
     """Run ``fn(comm, *args)`` on ``world_size`` processes under mpiexec; return the
-    list of results by rank. ``engine``: "mpi" (MPIComm) or "nccl" (NCCLComm, rank r
-    on GPU r). ``echo``: copy the ranks' output to this process's stdout (always kept
+    list of results by rank. ``engine``: "mpi" (MPIComm), "nccl" (NCCLComm, rank r
+    on GPU r) or "torch" (TorchComm: a gloo process group, its store on a free port of
+    this machine). ``echo``: copy the ranks' output to this process's stdout (always kept
     for error messages). ``timeout``: wall-clock seconds for the whole run."""
     import cloudpickle
 
@@ -256,6 +265,8 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
     try:
         meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size,
                 "board": grace is not None}  # the ranks keep state boards (_mpi_state) unless the check is off
+        if engine == "torch":  # torch.distributed's rendezvous: rank 0 serves the store on a free port
+            meta["master_port"] = _free_port()
         with open(os.path.join(d, "meta.pkl"), "wb") as f:
             pickle.dump(meta, f)
         try:

@@ -1,4 +1,4 @@
-"""One rank of ``launch(..., backend="mpi")`` (or "nccl"); started by
+"""One rank of ``launch(..., backend="mpi")`` (or "nccl", "torch"); started by
 :mod:`mlscale.comm._mpi_launch` as ``mpiexec -n N python -m mlscale.comm._mpi_worker DIR``.
 
 Reads ``DIR/meta.pkl`` and ``DIR/task.pkl``, runs ``fn(comm, *args)`` and writes
@@ -101,7 +101,14 @@ def main(d):
     try:
         with open(os.path.join(d, "task.pkl"), "rb") as f:
             fn, args = pickle.load(f)
-        if meta["engine"] == "nccl":
+        if meta["engine"] == "torch":
+            from mlscale.comm.torch_dist import TorchComm
+
+            os.environ.update(RANK=str(rank), WORLD_SIZE=str(world.Get_size()),
+                              LOCAL_RANK=str(rank), MASTER_ADDR=meta.get("master_addr", "127.0.0.1"),
+                              MASTER_PORT=str(meta["master_port"]))
+            comm = TorchComm(check=meta["check"])
+        elif meta["engine"] == "nccl":
             from mlscale.comm.nccl import NCCLComm
 
             comm = NCCLComm(check=meta["check"])
@@ -118,6 +125,14 @@ def main(d):
             world.Abort(1)  # the other ranks may be waiting for this one
         sys.exit(1)
     _write(d, rank, ("ok", result))
+    if meta["engine"] == "torch":
+        # gloo breaks every connection of a process that exits: a rank still waiting on this
+        # one would fail with "Connection closed by peer". Leave together instead, so the
+        # launcher's watch names what that rank waits for (_mpi_state)
+        world.Barrier()
+        from mlscale.comm import torch_dist
+
+        torch_dist.close_default_group()  # then this process ends at once (see there)
 
 
 if __name__ == "__main__":

@@ -238,6 +238,8 @@ class SimComm(Communicator):
                     del sim.boxes[key]
             if t > R.clock:
                 R.clock = t
+            if payload.__class__ is not np.ndarray:  # (a shape-only array lands on this rank's device)
+                payload = sim._deliver(payload, None, R.rank, gsrc, tag)
             if end > R.clock:
                 R.clock = end
             return payload

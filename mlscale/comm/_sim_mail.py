@@ -101,7 +101,7 @@ class Mailboxes:
         if limit is not None and nbytes > limit:
             return self._post_rendezvous(R, ctx, dst, tag, buf, label, given)
         if not given:
-            buf = buf.copy() if nbytes < self.POOL_MIN else self._snapshot(buf)
+            buf = buf.copy() if nbytes < self.POOL_MIN and not _shape_only(buf) else self._snapshot(buf)
         return self._transfer(R, R.clock, ctx, dst, tag, buf, label)
 
     def _transfer(self, R, ready, ctx, dst, tag, payload, label, idx=None):
@@ -201,6 +201,8 @@ class Mailboxes:
 
     def _snapshot(self, buf):
         nb = buf.nbytes
+        if _shape_only(buf):  # mlscale.meta: the message carries shape, dtype and nbytes, no data
+            return buf.wire()
         if nb < self.POOL_MIN or self.xp is not np:
             return buf.copy()
         free = self.pool.get(nb)
@@ -242,7 +244,10 @@ class Mailboxes:
                         R.clock = t
                 else:
                     self.advance(R, t)
-                return item[1] if out is None else self._deliver(item[1], out, R.rank, src, tag)
+                payload = item[1]
+                if out is None and payload.__class__ is np.ndarray:  # (_deliver would return it)
+                    return payload
+                return self._deliver(payload, out, R.rank, src, tag)
             S = self.ranks[src]
             if item is None and S.state == DEAD:
                 self.advance(R, S.died_at)
@@ -299,6 +304,8 @@ class Mailboxes:
             self._block(R, what, deadline)
 
     def _deliver(self, payload, out, rank, src, tag):
+        if _shape_only(payload):  # lands in a buffer of the receiver's device (mlscale.meta.Meta)
+            payload = payload.arrive(getattr(self, "meta_devices", {}).get(rank))
         if out is None:
             return payload
         if out.shape != payload.shape or out.dtype != payload.dtype:
@@ -309,6 +316,10 @@ class Mailboxes:
         out[...] = payload
         self.recycle(payload)
         return out
+
+
+def _shape_only(buf):
+    return getattr(buf, "_shape_only", False) is True
 
 
 def _on_tag(tag, label):

@@ -5,7 +5,7 @@ import numpy as np
 
 from .errors import BackendUnavailable, CommError
 
-BACKENDS = ("sim", "mpi", "nccl")
+BACKENDS = ("sim", "mpi", "nccl", "torch")
 
 
 class Results(list):
@@ -28,7 +28,9 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     """Call ``fn(comm, *args)`` on ``world_size`` ranks and return their results.
 
     backend  "sim" (default; ranks simulated in this process), "mpi" (MPI processes
-             through mpiexec), "nccl" (one process per GPU)
+             through mpiexec), "nccl" (one process per GPU), "torch" (processes joined by a
+             torch.distributed gloo group; started by mpiexec as "mpi" is; needs
+             ``pip install "mlscale[torch]"``)
     device   "cpu" or "gpu" (sim with "gpu": every rank's arrays are CuPy arrays on the
              one GPU of this machine; "N logical GPUs on one device")
     network  a ``NetworkModel`` (sim only)
@@ -97,6 +99,11 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
 
         res = Results(launch_mpi(fn, world_size, tuple(args), device=device, timeout=timeout,
                                  extra_args=tuple(mpiexec_args)))
+    elif backend == "torch":
+        from .torch_dist import launch_torch
+
+        res = Results(launch_torch(fn, world_size, tuple(args), device=device, timeout=timeout,
+                                   extra_args=tuple(mpiexec_args)))
     else:
         from .nccl import launch_nccl
 

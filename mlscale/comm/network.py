@@ -75,6 +75,16 @@ class NetworkModel:
         intra, inter = tuple(map(float, intra)), tuple(map(float, inter))
         return cls(alpha=inter[0], beta=inter[1], links=_TwoLevel(g, intra, inter), **kwargs)
 
+    @classmethod
+    def preset(cls, name, **kwargs):
+        """A named cluster: "DGX-A100" (8 A100s a node on NVLink3, 300 GB/s each way per
+        GPU; one 200 Gb/s HDR InfiniBand NIC per GPU between nodes) or "DGX-H100" (NVLink4,
+        450 GB/s; 400 Gb/s NDR). Figures and sources: ``mlscale.meta.hardware.CLUSTERS``.
+        Ranks are numbered node by node; each GPU's NIC is its own port (a rail)."""
+        from ..meta.hardware import cluster_network  # lazy: the presets live with the accelerators
+
+        return cluster_network(name, **kwargs)
+
     @property
     def ranks_per_node(self):
         """Ranks per node of a :meth:`cluster` model; None for a flat network."""

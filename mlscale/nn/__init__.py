@@ -19,7 +19,8 @@ attention core and the norms are also plain functions on arrays
 (``attention_forward/backward`` on (batch, heads, seq, head_dim),
 ``layernorm_forward/backward``), for tensor- and sequence-parallel layers to reuse.
 ``saved_nbytes(layer)`` measures the activations a layer keeps for backward;
-flops.py counts model FLOPs, MFU, model-state and activation memory.
+flops.py counts model FLOPs, MFU, model-state and activation memory. ``MoE`` (moe.py) is
+a mixture-of-experts MLP: top-k router, capacity and dropped tokens, load-balancing loss.
 """
 from ._xp import array_module, is_cupy  # noqa: F401
 from .layers import ACTIVATIONS, GELU, Layer, Linear, ReLU, Tanh, softmax_cross_entropy  # noqa: F401
@@ -32,6 +33,7 @@ from .attention import (CausalSelfAttention, Dense, attention_backward, attentio
                         split_heads, split_qkv)
 from .embedding import Embedding, LMHead  # noqa: F401
 from .transformer import GPT, Block, FeedForward, GPTConfig  # noqa: F401
+from .moe import MoE, Experts, Routing, capacity  # noqa: F401
 from .flops import (activation_bytes_per_layer, bytes_per_param, matmul_params, mfu, model_flops,  # noqa: F401
                     measure_activation_bytes, model_state_bytes, model_state_table)
 
@@ -42,4 +44,5 @@ __all__ = ["Layer", "Linear", "ReLU", "GELU", "Tanh", "ACTIVATIONS", "softmax_cr
            "rmsnorm_backward", "CausalSelfAttention", "Dense", "attention_forward", "attention_backward",
            "split_qkv", "split_heads", "merge_heads", "GPT", "GPTConfig", "Block", "Embedding",
            "FeedForward", "LMHead", "model_flops", "mfu", "matmul_params", "model_state_bytes",
-           "model_state_table", "bytes_per_param", "activation_bytes_per_layer", "measure_activation_bytes"]
+           "model_state_table", "bytes_per_param", "activation_bytes_per_layer", "measure_activation_bytes",
+           "MoE", "Experts", "Routing", "capacity"]

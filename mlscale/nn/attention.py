@@ -26,22 +26,26 @@ wide, head h in columns ``h*head_dim:(h+1)*head_dim`` of each: a TP rank holding
 Matmuls of 16-bit arrays run in float32 and round the result back (fp16 in, fp32
 accumulate, fp16 out, as tensor cores do); the softmax runs in float32 for them.
 """
+import contextlib
 import math
 
 import numpy as np
 
-from ._xp import array_module
+from ._xp import array_module, fused
 from .layers import Layer
 from .module import Module
 
 
 def matmul(a, b):
-    """``a @ b``; 16-bit inputs are multiplied in float32 and the result rounded to their dtype."""
-    if a.dtype.itemsize < 4:
+    """``a @ b``; 16-bit inputs are multiplied in float32 and the result rounded to their dtype
+    (on shape-only arrays, mlscale.meta, one 16-bit tensor-core matmul: the same shapes and
+    FLOPs, charged at the 16-bit rate with 16-bit reads and writes, as the GPU does it)."""
+    if a.dtype.itemsize < 4 and not getattr(a, "_shape_only", False):
         return (a.astype(np.float32) @ b.astype(np.float32)).astype(a.dtype)
     return a @ b
 
 
+@fused("softmax")
 def _probs(q, k, causal):
     """softmax(Q K^T / sqrt(head_dim)) with the causal mask, (..., seq, seq)."""
     xp = array_module(q)
@@ -62,22 +66,37 @@ def attention_forward(q, k, v, causal=True, keep_probs=True):
     if not (q.shape == k.shape == v.shape) or q.ndim < 2:
         raise ValueError(f"attention_forward: q, k, v must have one shape (..., seq, head_dim), got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    p = _probs(q, k, causal)
-    y = matmul(p, v)  # (..., seq, head_dim)
+    with _attention_class(q):
+        p = _probs(q, k, causal)
+        y = matmul(p, v)  # (..., seq, head_dim)
     return y, (q, k, v, p if keep_probs else None, causal)
+
+
+def _attention_class(x):
+    """On shape-only arrays, charge the ops inside as "attention" (its own efficiency)."""
+    if getattr(x, "_shape_only", False):
+        return array_module(x).op_class("attention")
+    return contextlib.nullcontext()
 
 
 def attention_backward(dy, cache):
     """``(dq, dk, dv)`` from dy (..., seq, head_dim) and the forward's cache."""
     q, k, v, p, causal = cache
-    if p is None:  # selective recomputation: the same operations as the forward
-        p = _probs(q, k, causal)
-    dv = matmul(p.swapaxes(-1, -2), dy)
-    dp = matmul(dy, v.swapaxes(-1, -2))
+    with _attention_class(q):
+        if p is None:  # selective recomputation: the same operations as the forward
+            p = _probs(q, k, causal)
+        dv = matmul(p.swapaxes(-1, -2), dy)
+        dp = matmul(dy, v.swapaxes(-1, -2))
+        ds = _softmax_backward(p, dp, 1.0 / math.sqrt(q.shape[-1]), q.dtype)
+        return matmul(ds, k), matmul(ds.swapaxes(-1, -2), q), dv
+
+
+@fused("softmax_backward")
+def _softmax_backward(p, dp, scale, dtype):
+    """dS = P * (dP - rowsum(dP * P)) * scale (in float32 for 16-bit P), as ``dtype``."""
     acc = np.float32 if p.dtype.itemsize < 4 else p.dtype
     pa, dpa = p.astype(acc, copy=False), dp.astype(acc, copy=False)
-    ds = (pa * (dpa - (dpa * pa).sum(axis=-1, keepdims=True)) * (1.0 / math.sqrt(q.shape[-1]))).astype(q.dtype)
-    return matmul(ds, k), matmul(ds.swapaxes(-1, -2), q), dv
+    return (pa * (dpa - (dpa * pa).sum(axis=-1, keepdims=True)) * scale).astype(dtype)
 
 
 def recompute_flops(batch, heads, seq, head_dim):

@@ -11,7 +11,7 @@ None). The tied head adds its weight gradient into the embedding's ``wte`` gradi
 """
 import numpy as np
 
-from ._xp import array_module
+from ._xp import array_module, is_shape_only
 from .attention import matmul
 from .layers import Layer
 
@@ -36,8 +36,9 @@ class Embedding(Layer):
         xp = array_module(idx)
         if idx.ndim != 2:
             raise ValueError(f"Embedding: token ids must be (batch, seq), got shape {tuple(idx.shape)}")
+        shape_only = is_shape_only(xp)  # mlscale.meta: shapes and dtypes are checked, values cannot be
         if idx.dtype.kind == "f":
-            if not bool((idx == xp.round(idx)).all()):
+            if not shape_only and not bool((idx == xp.round(idx)).all()):
                 raise TypeError("Embedding: token ids must be whole numbers, got non-integral floats")
             idx = idx.astype(np.int64)
         elif idx.dtype.kind not in "iu":
@@ -46,7 +47,7 @@ class Embedding(Layer):
         if t > self.seq_len:
             raise ValueError(f"Embedding: a sequence of {t} tokens is longer than seq_len={self.seq_len}: "
                              f"cut it or build the model with GPTConfig(seq_len={t})")
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
+        if idx.size and not shape_only and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
             raise ValueError(f"Embedding: token ids must lie in [0, {self.vocab_size}), got min {int(idx.min())}, "
                              f"max {int(idx.max())}: vocab_size too small for the tokenizer?")
         self._idx = idx
@@ -65,8 +66,8 @@ class Embedding(Layer):
 
 def _scatter_add(xp, target, rows, values):
     """``target[rows] += values`` with repeated rows summed (np.add.at; cupyx.scatter_add)."""
-    if xp is np:
-        np.add.at(target, rows, values)
+    if xp is np or is_shape_only(xp):
+        xp.add.at(target, rows, values)
     else:
         import cupyx
 

@@ -13,7 +13,7 @@ returns the gradient with respect to the layer's input.
 """
 import math
 
-from ._xp import array_module
+from ._xp import array_module, fused, is_shape_only
 
 
 class Layer:
@@ -178,6 +178,7 @@ class Tanh(Layer):
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU, "tanh": Tanh}
 
 
+@fused("softmax_cross_entropy")
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
@@ -186,7 +187,8 @@ def softmax_cross_entropy(logits, labels):
     labels: integers in [0, num_classes).
     Returns ``(loss, dlogits)``: loss a Python float, the mean over the batch
     (PyTorch's ``F.cross_entropy``), and ``dlogits = (softmax(logits) - onehot) / batch``,
-    shaped like logits. Uses the log-sum-exp shift, so large logits do not overflow;
+    shaped like logits (on shape-only arrays, mlscale.meta, the loss is nan: there are no
+    values, though every op is still done and counted). Uses the log-sum-exp shift, so large logits do not overflow;
     16-bit logits are handled in float32 and dlogits returned in their dtype.
     """
     xp = array_module(logits, labels)
@@ -203,7 +205,8 @@ def softmax_cross_entropy(logits, labels):
     n = logits.shape[0]
     if n == 0:
         raise ValueError("softmax_cross_entropy: empty batch")
-    if int(labels.min()) < 0 or int(labels.max()) >= k:
+    shape_only = is_shape_only(xp)  # mlscale.meta: no values to check, and no loss value
+    if not shape_only and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}), got min {int(labels.min())}, "
                          f"max {int(labels.max())}: the model's last layer needs one output per class")
     out_dtype = logits.dtype
@@ -214,7 +217,7 @@ def softmax_cross_entropy(logits, labels):
     sumexp = exp.sum(axis=1, keepdims=True)  # (batch, 1)
     rows = xp.arange(n)
     logp_true = shifted[rows, labels] - xp.log(sumexp[:, 0])  # (batch,)
-    loss = -float(logp_true.mean())
+    loss = float("nan") if shape_only else -float(logp_true.mean())  # shape-only: the mean is computed, not read
     dlogits = exp / sumexp  # softmax, (batch, num_classes)
     dlogits[rows, labels] -= 1.0
     dlogits /= n

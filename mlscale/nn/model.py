@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._xp import array_module, is_cupy, resolve_xp, to_xp
+from ._xp import array_module, is_cupy, is_shape_only, resolve_xp, to_xp
 from .layers import ACTIVATIONS, Linear, softmax_cross_entropy
 
 
@@ -71,13 +71,19 @@ class Sequential:
                 self.slots.append(ParamSlot(f"{i}.{key}", i, key, offset, offset + size, tuple(shape)))
                 offset += size
         self.num_params = offset
+        self.xp = resolve_xp(xp)
+        if is_shape_only(self.xp):  # mlscale.meta: no values to draw, only the buffers' shapes
+            self._params = self.xp.empty(offset, self.dtype, kind="params")
+            self.xp.charge("elementwise", 0, self._params.nbytes, self.dtype, "init params")
+            self._grads = self.xp.zeros(offset, self.dtype, kind="grads")
+            self._bind()
+            return
         host = np.empty(offset, dtype=self.dtype)
         rng = np.random.default_rng(seed)
         for i, layer in enumerate(self.layers):
             for key, value in layer.init_params(rng).items():
                 s = self._slot(f"{i}.{key}")
                 host[s.start:s.stop] = np.asarray(value).reshape(-1)
-        self.xp = resolve_xp(xp)
         self._params = to_xp(host, self.xp)
         self._grads = self.xp.zeros_like(self._params)
         self._bind()
@@ -155,6 +161,8 @@ class Sequential:
 
     # -- compute ----------------------------------------------------------------------
     def _check_input(self, x):
+        if is_shape_only(self.xp):
+            return to_xp(x, self.xp).astype(self.dtype, copy=False)
         if not hasattr(x, "dtype"):
             x = np.asarray(x)
         if is_cupy(x) != (self.xp is not np):

@@ -26,7 +26,7 @@ statistics (mean and rstd for LayerNorm, rstd for RMSNorm: s*b elements each).
 """
 import numpy as np
 
-from ._xp import array_module
+from ._xp import array_module, fused
 from .layers import Layer
 
 
@@ -39,6 +39,7 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
+@fused("layernorm_forward")
 def layernorm_forward(x, weight, bias, eps=1e-5):
     """LayerNorm of ``x`` (..., d) over its last axis; returns ``(y, cache)``, y like x."""
     xp = array_module(x)
@@ -50,6 +51,7 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     return y, (x, mean.astype(x.dtype), rstd.astype(x.dtype))
 
 
+@fused("layernorm_backward")
 def layernorm_backward(dy, cache, weight):
     """Gradients of LayerNorm: ``(dx, dweight, dbias)`` from dy (..., d), the forward's cache and weight."""
     x, mean, rstd = cache
@@ -63,6 +65,7 @@ def layernorm_backward(dy, cache, weight):
     return dx.astype(x.dtype, copy=False), dweight, dbias
 
 
+@fused("rmsnorm_forward")
 def rmsnorm_forward(x, weight, eps=1e-5):
     """RMSNorm of ``x`` (..., d) over its last axis; returns ``(y, cache)``."""
     xp = array_module(x)
@@ -72,6 +75,7 @@ def rmsnorm_forward(x, weight, eps=1e-5):
     return y, (x, rstd.astype(x.dtype))
 
 
+@fused("rmsnorm_backward")
 def rmsnorm_backward(dy, cache, weight):
     """Gradients of RMSNorm: ``(dx, dweight)`` from dy, the forward's cache and weight."""
     x, rstd = cache

@@ -58,7 +58,17 @@ class Optimizer:
             self.model.zero_grad()
 
     def _zeros(self):
+        if getattr(self.xp, "shape_only", False) is True:  # mlscale.meta: counted as optimizer state
+            return self.xp.zeros_like(self.params, kind="optimizer")
         return self.xp.zeros_like(self.params)
+
+    def _shape_only_step(self, op, reads, writes, flops_per_element):
+        """On shape-only arrays: charge the fused kernel (one pass over each array) instead of running it."""
+        if getattr(self.xp, "shape_only", False) is not True:
+            return False
+        self.xp.fused(op, [a for a in reads if a is not None], [a for a in writes if a is not None],
+                      flops_per_element)
+        return True
 
     def state_dict(self):
         """The optimizer's state as copies (for checkpoints and ZeRO-style sharding)."""
@@ -97,7 +107,11 @@ class SGD(Optimizer):
 
     def step(self, grads=None):
         """One update of ``params`` in place from ``grads`` (default: the model's)."""
-        self._kernel(self.params, self._grads(grads), self.momentum_buf, self.lr, momentum=self.momentum,
+        g = self._grads(grads)
+        if self._shape_only_step("sgd_step", [self.params, g, self.momentum_buf], [self.params, self.momentum_buf],
+                                 4 if self.momentum else 2):
+            return
+        self._kernel(self.params, g, self.momentum_buf, self.lr, momentum=self.momentum,
                      weight_decay=self.weight_decay, nesterov=self.nesterov, impl=self.impl)
 
     def _state(self):
@@ -128,6 +142,10 @@ class Adam(Optimizer):
         """One update of ``params`` (and m, v) in place from ``grads`` (default: the model's)."""
         grads = self._grads(grads)
         self.step_count += 1
+        # fused Adam: reads p, g, m, v, writes p, m, v, about 12 flops per element (mlscale.ops.adam_step)
+        if self._shape_only_step("adam_step", [self.params, grads, self.m, self.v], [self.params, self.m, self.v],
+                                 12):
+            return
         self._kernel(self.params, grads, self.m, self.v, self.step_count, self.lr, beta1=self.beta1,
                      beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay, adamw=self.adamw,
                      impl=self.impl)

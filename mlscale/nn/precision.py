@@ -29,7 +29,7 @@ master (4 B) and Adam m, v (8 B): 16 B, as ZeRO and the Ultra-Scale Playbook cou
 """
 import numpy as np
 
-from ._xp import array_module, to_xp
+from ._xp import array_module, is_shape_only, to_xp
 from .layers import softmax_cross_entropy
 
 PRECISIONS = ("float16", "bfloat16")
@@ -139,7 +139,11 @@ class MixedPrecision:
             raise TypeError(f"MixedPrecision: pass the float32 model (its values become the master weights), "
                             f"got dtype {model.dtype}")
         self.precision = precision
-        self.master = model.params.copy()  # fp32 master weights
+        if is_shape_only(model.params):  # mlscale.meta: the master weights count as optimizer state (ZeRO's K=12)
+            self.master = model.xp.empty_like(model.params, kind="optimizer")
+            self.master[...] = model.params
+        else:
+            self.master = model.params.copy()  # fp32 master weights
         self.model = model.astype(np.float16) if precision == "float16" else model.copy()
         self.model.params[...] = cast(self.master, precision)
         self.optimizer = make_optimizer(self.master)
@@ -174,7 +178,8 @@ class MixedPrecision:
         if self.reduce_grads is not None:
             g = self.reduce_grads(g)
         g32 = g.astype(np.float32) / np.float32(self.scaler.scale)
-        found_inf = not bool(xp.isfinite(g32).all())
+        # shape-only (mlscale.meta): no values to test; the step modelled is one that is taken
+        found_inf = False if is_shape_only(g32) else not bool(xp.isfinite(g32).all())
         self.steps += 1
         if self.scaler.update(found_inf):
             self.skipped_steps += 1

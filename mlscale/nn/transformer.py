@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from ._xp import array_module, to_xp
+from ._xp import array_module, fused, is_shape_only, to_xp
 from .attention import CausalSelfAttention, Dense
 from .embedding import Embedding, LMHead
 from .layers import GELU, softmax_cross_entropy
@@ -95,6 +95,7 @@ def _gelu_tanh(xp, xa):
     return xp.tanh(inner, out=inner)
 
 
+@fused("gelu_forward")
 def gelu_forward(x):
     """GELU, tanh form (as :class:`mlscale.nn.GELU`), computed in float32 for 16-bit x."""
     xp = array_module(x)
@@ -106,6 +107,7 @@ def gelu_forward(x):
     return y.astype(x.dtype, copy=False)
 
 
+@fused("gelu_backward")
 def gelu_backward(dout, x):
     """d GELU / dx times dout; recomputes tanh from x (so forward keeps only x):
     ``0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``."""
@@ -229,7 +231,7 @@ class GPT(Sequential):
             self.layers[-1].tied_to = self.layers[0]
 
     def _check_input(self, idx):
-        idx = to_xp(idx, self.xp) if not hasattr(idx, "dtype") else idx
+        idx = to_xp(idx, self.xp) if not hasattr(idx, "dtype") or is_shape_only(self.xp) else idx
         if (array_module(idx) is np) != (self.xp is np):
             raise TypeError("GPT: the token ids and the model live on different devices: move one of them "
                             "(model.to('cupy'|'numpy') or cupy.asarray(idx) / idx.get())")

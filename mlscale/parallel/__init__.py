@@ -8,11 +8,18 @@ communication beside the math).
   bubble fraction, Gantt charts), ``pp_comm.py`` (send/recv between neighbour stages);
   interleaved 1F1B and ZB-H1 (Megatron-LM 2021; Qi et al. 2024): ``pp_modern.py`` (the
   schedules, their player and formulas) and ``pp_train.py`` (training with any schedule);
-- 3D parallel training of the GPT (dp x pp x tp, ZeRO-1 on dp): ``three_d.py``;
+- 3D parallel training of the GPT (dp x pp x tp, ZeRO-0..3 on dp): ``three_d.py`` and
+  ``three_d_zero.py`` (a pipeline stage with ZeRO-2/3 over dp);
+- expert parallelism (GShard, Lepikhin et al. 2020): ``expert.py`` (an MoE layer whose experts
+  are split over an ep group, tokens dispatched and combined with all_to_all);
 - the device mesh (named dims, a sub-communicator per dim and combination): ``mesh.py``;
+- long context (Ulysses, Jacobs et al. 2023; ring attention, Liu et al. 2023, with the zig-zag
+  split): ``context.py`` (forward and backward, both exact) and ``context_report.py`` (who
+  computes which block, step times with and without overlap, timelines);
 - ZeRO (Rajbhandari et al. 2020): ``zero.py`` (memory per device for stages 0-3, a
   ZeRO-1 optimizer: reduce-scatter, update my shard, all-gather) and ``fsdp.py`` (ZeRO-2
-  and ZeRO-3 / FSDP of any nn model, unit by unit, with prefetch and measured memory).
+  and ZeRO-3 / FSDP of any nn model, unit by unit, with prefetch and measured memory;
+  mixed precision, FSDP2's MixedPrecisionPolicy: ``fsdp_precision.py``).
 
 Every class takes ``comm`` explicitly and runs on any engine; tests run them on ``sim``.
 """
@@ -33,11 +40,19 @@ from .sequence import (GatherFromSP, ReduceScatterToSP, ScatterToSP, check_seque
 from .tp_attention import (ColumnParallelDense, RowParallelDense, TPBlock, TPFeedForward, TPSelfAttention,  # noqa: F401
                            shard_block_state)
 from .three_d import (LAYOUTS, global_losses, loss_curves, mesh_comms, mesh_coords, plot_loss_curves,  # noqa: F401
-                      shard_gpt_state, sim_mfu, tp_gpt, train_3d, train_single)
+                      shard_gpt_state, sim_mfu, stage_params, tp_gpt, train_3d, train_single)
+from .three_d_zero import ShardedStage, dp_wire_bytes  # noqa: F401
 from .mesh import MEGATRON_ORDER, Mesh, describe_mesh, mesh_layout  # noqa: F401
 from .zero import (ADAM_K, ZeroOptimizer, ring_bytes_per_rank, wire_bytes, zero_bytes_per_param,  # noqa: F401
                    zero_memory, zero_memory_by_kind)
+from .context import (RingCache, check_context_parallel, cp_chunks, cp_positions, cp_shard, cp_unshard,  # noqa: F401
+                      ring_attention, ring_attention_backward, ring_blocks, ring_bytes, ring_forward_time,
+                      ulysses_attention, ulysses_attention_backward, ulysses_bytes)
+from .context_report import (plot_ring_timeline, plot_ring_work, ring_run, ring_times, ring_work,  # noqa: F401
+                             work_per_rank)
+from .expert import ExpertParallelMoE, check_expert_split, ep_traffic, ep_wire_bytes, load_imbalance  # noqa: F401
 from .fsdp import FSDP, MemoryLedger, assemble, make_units  # noqa: F401
+from .fsdp_precision import MixedPrecisionPolicy, mp_memory_by_kind  # noqa: F401
 from .fsdp_report import plot_fsdp_timeline, prefetch_step_times, run_step, zero_stages  # noqa: F401
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaiveParallelMLP", "split_like",
@@ -51,8 +66,14 @@ __all__ = ["ColumnParallelLinear", "RowParallelLinear", "ParallelMLP", "NaivePar
            "GatherFromSP", "ReduceScatterToSP", "ScatterToSP", "check_sequence_parallel", "count_kinds", "seq_range",
            "ColumnParallelDense", "RowParallelDense", "TPSelfAttention", "TPFeedForward", "TPBlock",
            "shard_block_state", "mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d",
-           "train_single", "global_losses", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
+           "train_single", "global_losses", "stage_params", "ShardedStage", "dp_wire_bytes", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu",
            "Mesh", "MEGATRON_ORDER", "mesh_layout", "describe_mesh",
            "ADAM_K", "ZeroOptimizer", "zero_bytes_per_param", "zero_memory", "zero_memory_by_kind",
            "ring_bytes_per_rank", "wire_bytes", "FSDP", "MemoryLedger", "assemble", "make_units",
-           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline"]
+           "run_step", "zero_stages", "prefetch_step_times", "plot_fsdp_timeline",
+           "check_context_parallel", "cp_chunks", "cp_positions", "cp_shard", "cp_unshard", "ulysses_attention",
+           "ulysses_attention_backward", "ulysses_bytes", "ring_blocks", "RingCache", "ring_attention",
+           "ring_attention_backward", "ring_bytes", "ring_forward_time", "ring_work", "work_per_rank",
+           "plot_ring_work", "ring_run", "ring_times", "plot_ring_timeline",
+           "ExpertParallelMoE", "check_expert_split", "ep_traffic", "ep_wire_bytes", "load_imbalance",
+           "MixedPrecisionPolicy", "mp_memory_by_kind"]

@@ -40,9 +40,17 @@ with prefetch: this one and the next), stages 2-3 my gradient shard + one unit's
 gradients (two with overlap: this one and the one still being reduce-scattered); see
 ``zero_memory_by_kind`` in zero.py. Not counted: activations, and the collectives' own
 scratch buffers (at most one unit).
+
+Mixed precision (``mixed_precision=MixedPrecisionPolicy(param_dtype, reduce_dtype)``,
+stages 2-3, fsdp_precision.py): master shards and Adam state in the model's dtype,
+compute and all-gathers in ``param_dtype``, gradients reduce-scattered in
+``reduce_dtype``; float16 with dynamic loss scaling (``skipped_steps``).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .fsdp_precision import MixedPrecisionPolicy, found_inf, resolve_policy
 from .fsdp_units import KINDS, MemoryLedger, Unit, _Ready, _state_nbytes, _unbind, assemble, make_units  # noqa: F401
 
 
@@ -56,6 +64,9 @@ class FSDP:
     overlap          stages 2-3: reduce-scatter each unit's grads on the communication
                      stream while the backward of the units below runs
     charge_compute   on sim, charge each unit's forward/backward FLOPs (``comm.compute``)
+    mixed_precision  None, or a ``MixedPrecisionPolicy`` (stages 2-3): FSDP then computes
+                     on a ``param_dtype`` copy of ``model`` and keeps the model's dtype
+                     for the master shards (module docstring, fsdp_precision.py)
 
     FSDP takes the model over: stages 2-3 release its flat ``grads`` (and stage 3 its
     ``params``) and bind each layer to the unit buffers only while they exist, so call
@@ -64,7 +75,7 @@ class FSDP:
     """
 
     def __init__(self, comm, model, make_optimizer, stage=3, units=None, prefetch=True, overlap=True,
-                 algorithm="ring", charge_compute=True):
+                 algorithm="ring", charge_compute=True, mixed_precision=None):
         if stage not in (0, 1, 2, 3):
             raise ValueError(f"FSDP stage={stage!r}: use 0 (data parallel), 1, 2 or 3")
         if not (hasattr(model, "layers") and hasattr(model, "slots")):
@@ -72,11 +83,18 @@ class FSDP:
         if any(getattr(layer, "tied_to", None) is not None for layer in model.layers):
             raise ValueError("FSDP: a tied weight (GPTConfig(tie_embeddings=True)) is used by two units; "
                              "use untied embeddings (tie_embeddings=False)")
+        mp = resolve_policy(mixed_precision, model.dtype, stage)
+        master, self.master_dtype = model, model.dtype
+        self.reduce_dtype, self.scaler = model.dtype, None
+        if mp is not None:  # compute on a param_dtype copy; the model's values become the master shards
+            model = model.astype(mp[0])
+            self.reduce_dtype, self.scaler = mp[1], mp[2]
+        self.mixed_precision, self.skipped_steps, self.steps = mp is not None, 0, 0
         self.comm, self.model, self.stage, self.algorithm = comm, model, stage, algorithm
         self.prefetch, self.overlap, self.charge = bool(prefetch), bool(overlap), bool(charge_compute)
         self.xp, self.dtype, self.itemsize = model.xp, model.dtype, model.dtype.itemsize
         self.units = make_units(model, comm.world_size, comm.rank, units)
-        self.ledger = MemoryLedger()
+        self.ledger = MemoryLedger(KINDS + ("master",) if mp is not None else KINDS)
         self.num_params = model.num_params
         nb = self.itemsize
         if stage <= 2:  # every rank keeps all the parameters, in the model's flat buffer
@@ -84,9 +102,11 @@ class FSDP:
         if stage <= 1:  # ... and all the gradients
             self.ledger.alloc("grads", model.num_params * nb)
         else:
-            self.gshards = [self._alloc("grads", u.hi - u.lo, zero=True) for u in self.units]
-        if stage == 3:  # my chunk of each unit, then the full buffers go
-            self.shards = [self._own(model.params[u.start + u.lo:u.start + u.hi]) for u in self.units]
+            self.gshards = [self._alloc("grads", u.hi - u.lo, zero=True, dtype=master.dtype) for u in self.units]
+        kind = "master" if mp is not None else "params"
+        if stage == 3 or mp is not None:  # my chunk of each unit (stage 3: then the full buffers go)
+            self.shards = [self._own(master.params[u.start + u.lo:u.start + u.hi], kind) for u in self.units]
+        if stage == 3:
             model._params = self.xp.empty(0, self.dtype)
         if stage >= 2:
             model._grads = self.xp.empty(0, self.dtype)
@@ -98,7 +118,7 @@ class FSDP:
         for u in self.units:
             if stage == 0:
                 view = model.params[u.start:u.stop]
-            elif stage in (1, 2):
+            elif stage == 1 or (stage == 2 and mp is None):
                 view = model.params[u.start + u.lo:u.start + u.hi]
             else:
                 view = self.shards[u.index]
@@ -110,17 +130,22 @@ class FSDP:
             self.optimizers.append(opt)
 
     # -- buffers ----------------------------------------------------------------------
-    def _alloc(self, kind, n, zero=False):
-        self.ledger.alloc(kind, n * self.itemsize)
-        return (self.xp.zeros if zero else self.xp.empty)(n, self.dtype)
+    def _alloc(self, kind, n, zero=False, dtype=None):
+        buf = (self.xp.zeros if zero else self.xp.empty)(n, self.dtype if dtype is None else dtype)
+        self.ledger.alloc(kind, buf.nbytes)
+        return buf
 
-    def _own(self, view):
-        buf = self._alloc("params", view.size)
+    def _own(self, view, kind="params"):
+        buf = self._alloc(kind, view.size, dtype=view.dtype)
         buf[...] = view
         return buf
 
     def _free(self, kind, buf):
-        self.ledger.free(kind, buf.size * self.itemsize)
+        self.ledger.free(kind, buf.nbytes)
+
+    def _low(self, shard):
+        """My chunk as the units are gathered: in ``param_dtype`` under mixed precision."""
+        return shard.astype(self.dtype, copy=False)
 
     def _views(self, unit, buf, i):
         """``{key: view}`` of layer i's parameters in ``buf``, the flat slice of ``unit``."""
@@ -139,7 +164,7 @@ class FSDP:
     # -- communication (each runs on ``c``: the comm, or its communication stream) --------
     def _gather(self, c, unit):
         """All-gather ``unit``'s params from every rank's chunk (stage 3)."""
-        return c.all_gather(self.shards[unit.index], algorithm=self.algorithm)
+        return c.all_gather(self._low(self.shards[unit.index]), algorithm=self.algorithm)
 
     def _start_gather(self, unit, background):
         self.ledger.alloc("params", unit.numel * self.itemsize)  # the gathered buffer exists from here
@@ -150,7 +175,8 @@ class FSDP:
         return _Ready(self._gather(self.comm, unit))
 
     def _reduce_scatter(self, c, unit, gbuf):
-        return c.reduce_scatter(gbuf, op="mean", algorithm=self.algorithm)
+        with np.errstate(over="ignore", invalid="ignore"):  # float16 overflow: caught in step()
+            return c.reduce_scatter(gbuf.astype(self.reduce_dtype, copy=False), op="mean", algorithm=self.algorithm)
 
     # -- compute ----------------------------------------------------------------------
     def _charge_flops(self, unit, batch, backward):
@@ -193,6 +219,9 @@ class FSDP:
         if s3:  # the backward starts with the last unit: gather it again
             pending[units[-1].index] = self._start_gather(units[-1], self.prefetch)
         loss, dout = softmax_cross_entropy(h, to_xp(y, self.xp))
+        if self.scaler is not None:  # float16: scale the loss (inf past 65504: that step is skipped)
+            with np.errstate(over="ignore"):
+                dout = (dout.astype(np.float32) * np.float32(self.scaler.scale)).astype(self.dtype)
         in_flight = None  # (unit, grads buffer, request) of the reduce-scatter still running
         for u in reversed(units):  # backward, unit by unit
             if s3:
@@ -204,8 +233,9 @@ class FSDP:
             if self.stage >= 2:  # this unit's full gradients exist only now
                 gbuf = self._alloc("grads", u.numel, zero=True)
                 self._bind(u, pbuf, gbuf)
-            for i in reversed(u.layers):
-                dout = model.layers[i].backward(dout)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught in step()
+                for i in reversed(u.layers):
+                    dout = model.layers[i].backward(dout)
             self._charge_flops(u, batch, True)
             if self.stage <= 1:
                 continue  # stages 0-1 average the full gradients in step()
@@ -251,6 +281,13 @@ class FSDP:
         """Average the gradients over ``comm`` (stages 0-1; stages 2-3 did it in backward),
         update my slice with the optimizers, and all-gather the params (stages 1-2)."""
         comm, model, algo = self.comm, self.model, self.algorithm
+        if self.scaler is not None:  # unscale my shards; skip the step everywhere if any rank overflowed
+            for g in self.gshards:
+                g *= 1.0 / self.scaler.scale
+            self.steps += 1
+            if self.scaler.update(found_inf(comm, self.gshards, algo)):
+                self.skipped_steps += 1
+                return
         for u, opt in zip(self.units, self.optimizers):
             if self.stage == 0:
                 if u.numel:
@@ -265,7 +302,8 @@ class FSDP:
             if opt is not None:
                 opt.step(g)
             if self.stage in (1, 2) and u.numel:
-                mine = model.params[u.start + u.lo:u.start + u.hi].copy()
+                mine = (self._low(self.shards[u.index]) if self.mixed_precision
+                        else model.params[u.start + u.lo:u.start + u.hi].copy())
                 comm.all_gather(mine, algorithm=algo, out=model.params[u.start:u.stop])
 
     # -- reading the result -----------------------------------------------------------
@@ -273,20 +311,21 @@ class FSDP:
         """``[(global start, copy of my chunk)]`` of the parameters, one per unit."""
         out = []
         for u in self.units:
-            chunk = self.shards[u.index] if self.stage == 3 else self.model.params[u.start + u.lo:u.start + u.hi]
+            chunk = self.shards[u.index] if self.stage == 3 or self.mixed_precision \
+                else self.model.params[u.start + u.lo:u.start + u.hi]
             out.append((u.start + u.lo, chunk.copy()))
         return out
 
     def full_params(self):
         """Every parameter, flat, on every rank (stage 3: an all-gather per unit, which
         shows in the trace; stages 0-2: a copy of the model's buffer)."""
-        if self.stage <= 2:
+        if self.stage <= 2 and not self.mixed_precision:
             return self.model.params.copy()
         parts = [self.comm.all_gather(self.shards[u.index], algorithm=self.algorithm) for u in self.units if u.numel]
-        return self.xp.concatenate(parts) if parts else self.xp.empty(0, self.dtype)
+        return self.xp.concatenate(parts) if parts else self.xp.empty(0, self.master_dtype)
 
     def optimizer_state_nbytes(self):
         return sum(_state_nbytes(o) for o in self.optimizers)
 
 
-__all__ = ["FSDP", "MemoryLedger", "Unit", "make_units", "assemble", "KINDS"]
+__all__ = ["FSDP", "MixedPrecisionPolicy", "MemoryLedger", "Unit", "make_units", "assemble", "KINDS"]

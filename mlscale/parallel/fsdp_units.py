@@ -11,11 +11,12 @@ KINDS = ("params", "grads", "optimizer")
 
 
 class MemoryLedger:
-    """Live and peak bytes per kind ("params", "grads", "optimizer"), from alloc/free calls."""
+    """Live and peak bytes per kind ("params", "grads", "optimizer"; "master" too under
+    mixed precision), from alloc/free calls."""
 
-    def __init__(self):
-        self.live = dict.fromkeys(KINDS, 0)
-        self.peak = dict.fromkeys(KINDS, 0)
+    def __init__(self, kinds=KINDS):
+        self.live = dict.fromkeys(kinds, 0)
+        self.peak = dict.fromkeys(kinds, 0)
         self.peak_total = 0
 
     def alloc(self, kind, nbytes):

@@ -39,6 +39,7 @@ all-reduce. Each operator counts its calls and bytes per phase, and per collecti
 """
 from __future__ import annotations
 
+from ..nn._xp import array_module
 from .tp_comm import ALGORITHM, _TPOp
 
 
@@ -75,7 +76,7 @@ class _SeqOp(_TPOp):
         self._tally(phase, "all_gather", x.nbytes)
         if self.comm.world_size == 1:
             return x
-        xp = self.comm.xp
+        xp = array_module(x)  # numpy, cupy, or mlscale.meta's module for shape-only arrays
         full = self.comm.all_gather(xp.ascontiguousarray(x.swapaxes(0, 1)), algorithm=ALGORITHM)  # (s, b, d)
         return xp.ascontiguousarray(full.swapaxes(0, 1))
 
@@ -86,7 +87,7 @@ class _SeqOp(_TPOp):
             return x
         b, s = x.shape[0], x.shape[1]
         check_sequence_parallel(s, t, f"reduce-scatter on rank {self.comm.rank}")
-        xp = self.comm.xp
+        xp = array_module(x)  # numpy, cupy, or mlscale.meta's module for shape-only arrays
         mine = self.comm.reduce_scatter(xp.ascontiguousarray(x.swapaxes(0, 1)).reshape(-1), op="sum",
                                         algorithm=ALGORITHM)  # my s/t tokens, flat
         return xp.ascontiguousarray(mine.reshape((s // t, b) + x.shape[2:]).swapaxes(0, 1))

@@ -15,9 +15,12 @@ Every rank builds the same single-device ``nn.GPT`` from ``seed`` and keeps its 
 - **pp**: the layers are cut into stages (``partition_layers``) run with 1F1B
   (``PipelineParallel``) over the pp sub-communicator;
 - **dp**: each data-parallel replica takes 1/dp of every global batch; the gradients
-  are averaged over the dp sub-communicator by ZeRO-1 (``ZeroOptimizer``: reduce-scatter,
-  Adam on my 1/dp of the stage's parameters, all-gather), or by a plain all-reduce
-  (``zero=False``).
+  are averaged over the dp sub-communicator by ``zero=``: 0 (or False) a plain
+  all-reduce + Adam; 1 (or True, the default) ZeRO-1 (``ZeroOptimizer``: reduce-scatter,
+  Adam on my 1/dp of the stage's parameters, all-gather); 2 gradients reduce-scattered
+  into shards unit by unit during the backward, never all-reduced; 3 the stage's
+  parameters sharded too, all-gathered just before each layer's forward and backward
+  and freed after (``three_d_zero.ShardedStage``, with the bytes and memory it costs).
 
 Rank order (``mesh_coords``): row-major over (dp, pp, tp), as ``torch.distributed``'s
 ``init_device_mesh("cuda", (dp, pp, tp))`` numbers it: rank = (dp_i * pp + pp_i) * tp + tp_i.
@@ -41,6 +44,8 @@ from .mesh import Mesh
 from .pipeline import PipelineParallel
 from .sequence import GatherFromSP, ScatterToSP, check_sequence_parallel
 from .tp_attention import TPBlock, shard_block_state
+from .fsdp_units import MemoryLedger, _state_nbytes
+from .three_d_zero import ShardedStage
 from .zero import ZeroOptimizer
 
 DIMS = ("dp", "pp", "tp")
@@ -131,13 +136,32 @@ def shard_gpt_state(full, cfg, tp, rank, sequence_parallel=False):
     return out
 
 
+def _zero_stage(zero):
+    """``zero=`` of train_3d as a stage number: True = 1 (ZeRO-1), False = 0 (all-reduce)."""
+    if isinstance(zero, bool):
+        return int(zero)
+    if isinstance(zero, (int, np.integer)) and int(zero) in (0, 1, 2, 3):
+        return int(zero)
+    raise ValueError(f"train_3d: zero={zero!r}; use 0 (plain all-reduce), 1 (ZeRO-1), 2 (ZeRO-2), 3 (ZeRO-3), "
+                     f"or True (= 1) / False (= 0)")
+
+
 def train_3d(comm, cfg, batches, dp=1, pp=1, tp=1, num_microbatches=1, lr=1e-3, sequence_parallel=False,
              zero=True, seed=0, dtype=np.float64, schedule="1f1b"):
     """Train ``nn.GPT(cfg, seed)`` on ``batches`` (a list of global ``(x, y)`` token
     batches, (B, seq) ints, the same on every rank) with Adam(lr) on the (dp, pp, tp) mesh.
 
+    ``zero``: the ZeRO stage on the dp dim, 0-3 (module docstring); True means 1 and
+    False means 0, as before stages 2 and 3 existed.
+
     Returns, on every rank, ``{"coords", "losses" (per step; None off the last stage),
-    "params" (this rank's shards of its stage's parameters, by model name), "clock"}``."""
+    "params" (this rank's shards of its stage's parameters, by model name; zero=3: only
+    those wholly inside my dp chunks, see ``stage_params`` to rebuild them from the dp
+    group's ``"shards"``), "clock", "zero", "memory" (peak bytes of params, grads and
+    optimizer state, ``MemoryLedger``), "units" (elements per unit of my stage; one unit
+    for stages 0-1), "shards" ([(flat start, my chunk)]), "slots" ({name: (start, stop,
+    shape)} of my stage)}``."""
+    stage = _zero_stage(zero)
     coords, comms = mesh_comms(comm, dp, pp, tp)
     from ..nn.optim import Adam  # lazy: optimizers import the fused kernels
 
@@ -147,30 +171,92 @@ def train_3d(comm, cfg, batches, dp=1, pp=1, tp=1, num_microbatches=1, lr=1e-3, 
     del full
     pipe = PipelineParallel(comms["pp"], model, num_microbatches, schedule)
     blocks = [layer for layer in pipe.stage.layers if isinstance(layer, TPBlock)]
-    if zero:
-        opt = ZeroOptimizer(comms["dp"], pipe.params, lambda shard: Adam(shard, lr=lr))
+    lo, hi = pipe.stage.param_range
+    slots = {s.name: (s.start, s.stop, s.shape) for s in model.slots if lo <= s.start and s.stop <= hi}
+    nb = model.dtype.itemsize
+    if stage >= 2:
+        def sync(layer):  # sequence parallel: the norms' and biases' partial sums, per micro-batch
+            if isinstance(layer, TPBlock):
+                layer.sync_grads()
+        pipe.stage = ShardedStage(model, pipe.stage.stage, pipe.stage.num_stages, comms["dp"], stage,
+                                  lambda shard: Adam(shard, lr=lr), sync=sync)
+        ledger, units = pipe.stage.ledger, [u.numel for u in pipe.stage.units]
     else:
-        adam = Adam(pipe.params, lr=lr)
+        if stage == 1:
+            opt = ZeroOptimizer(comms["dp"], pipe.params, lambda shard: Adam(shard, lr=lr))
+            state = opt.optimizer
+        else:
+            opt = state = Adam(pipe.params, lr=lr)
+        ledger, units = MemoryLedger(), [hi - lo]
+        ledger.alloc("params", (hi - lo) * nb)
+        ledger.alloc("grads", (hi - lo) * nb)
+        ledger.alloc("optimizer", _state_nbytes(state))
     losses = []
     for step, (x, y) in enumerate(batches):
         n = len(x)
         if n % dp:
             raise ValueError(f"train_3d: batch {step} has {n} sequences, not divisible by dp={dp}: every "
                              f"data-parallel replica needs the same number (use a batch size divisible by dp)")
-        lo, hi = coords["dp"] * (n // dp), (coords["dp"] + 1) * (n // dp)
-        loss = pipe.step(np.asarray(x)[lo:hi], np.asarray(y)[lo:hi])  # my replica's mean loss
-        for blk in blocks:
-            blk.sync_grads()  # sequence parallel: the norms' and biases' partial sums
-        if zero:
-            opt.step(pipe.grads)
+        b0, b1 = coords["dp"] * (n // dp), (coords["dp"] + 1) * (n // dp)
+        if stage >= 2:
+            pipe.stage.zero_grad()
+        loss = pipe.step(np.asarray(x)[b0:b1], np.asarray(y)[b0:b1])  # my replica's mean loss
+        if stage >= 2:
+            pipe.stage.step()  # the grads were reduce-scattered during the backward
         else:
-            adam.step(comms["dp"].all_reduce(pipe.grads, op="mean", algorithm="ring"))
+            for blk in blocks:
+                blk.sync_grads()  # sequence parallel: the norms' and biases' partial sums
+            if stage == 1:
+                opt.step(pipe.grads)
+            else:
+                opt.step(comms["dp"].all_reduce(pipe.grads, op="mean", algorithm="ring"))
         losses.append(None if loss is None else float(loss))
-    lo, hi = pipe.stage.param_range
-    params = {s.name: model.params[s.start:s.stop].reshape(s.shape).copy()
-              for s in model.slots if lo <= s.start and s.stop <= hi}
+    if stage >= 2:
+        shards = pipe.stage.local_shards()
+    else:
+        c0, c1 = (opt.start, opt.stop) if stage == 1 else (0, hi - lo)
+        shards = [(lo + c0, model.params[lo + c0:lo + c1].copy())]
+    if stage <= 2:
+        params = {name: model.params[a:b].reshape(shape).copy() for name, (a, b, shape) in slots.items()}
+    else:
+        params = _whole_slots(shards, slots)
     clock = comm.clock if comm.backend == "sim" else None
-    return {"coords": coords, "losses": losses, "params": params, "clock": clock}
+    return {"coords": coords, "losses": losses, "params": params, "clock": clock, "zero": stage,
+            "memory": dict(ledger.peak), "units": units, "shards": shards, "slots": slots}
+
+
+def _whole_slots(shards, slots):
+    """``{name: array}`` of the parameters lying wholly inside ``shards``."""
+    out = {}
+    for name, (a, b, shape) in slots.items():
+        for start, chunk in shards:
+            if start <= a and b <= start + chunk.size:
+                out[name] = chunk[a - start:b - start].reshape(shape).copy()
+    return out
+
+
+def stage_params(results):
+    """Per rank, ``{name: array}`` of every parameter of its stage, rebuilt on the host
+    from the ``"shards"`` of the dp ranks that share its (pp, tp) coordinates (no
+    communication): how to read a ZeRO-3 run's result."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["coords"]["pp"], r["coords"]["tp"]), []).append(r)
+    out = []
+    for r in results:
+        pieces = [piece for q in groups[(r["coords"]["pp"], r["coords"]["tp"])] for piece in q["shards"]]
+        named = {}
+        for name, (a, b, shape) in r["slots"].items():
+            flat = np.full(b - a, np.nan)
+            for start, chunk in pieces:
+                s, e = max(a, start), min(b, start + chunk.size)
+                if s < e:
+                    flat[s - a:e - a] = chunk[s - start:e - start]
+            if np.isnan(flat).any():
+                raise ValueError(f"stage_params: {name} is not covered by the shards given: pass every rank's result")
+            named[name] = flat.reshape(shape)
+        out.append(named)
+    return out
 
 
 def train_single(cfg, batches, lr=1e-3, seed=0, dtype=np.float64):
@@ -246,4 +332,5 @@ def sim_mfu(cfg, batches, results, peak_flops):
 
 
 __all__ = ["mesh_coords", "mesh_comms", "tp_gpt", "shard_gpt_state", "train_3d", "train_single", "global_losses",
+           "stage_params",
            "DIMS", "LAYOUTS", "loss_curves", "plot_loss_curves", "sim_mfu"]

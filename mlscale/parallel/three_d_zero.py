@@ -1,0 +1,211 @@
+"""ZeRO-2 and ZeRO-3 on the data-parallel dim of 3D training: a pipeline stage whose
+layers' gradients (stage 2) and parameters (stage 3) are sharded over ``mesh["dp"]``.
+
+Rajbhandari et al. 2020 (ZeRO, sections 5.2-5.3); PyTorch FSDP (Zhao et al. 2023);
+torchtitan composes FSDP2 with pipeline parallelism in the same places (one FSDP unit per
+transformer block of the stage, over the dp mesh dim).
+
+Why not ``FSDP`` (fsdp.py) itself: FSDP owns the whole forward-loss-backward loop of a
+model, unit after unit, one batch at a time. A pipeline stage runs its layers once per
+micro-batch, in 1F1B order, between a recv and a send, and keeps one copy of each layer
+per micro-batch in flight (``PipelineStage``). So this file is the minimal adapter:
+:class:`ShardedStage` is a ``PipelineStage`` whose ``forward``/``backward`` of one
+micro-batch gather / reduce-scatter layer by layer, and it reuses FSDP's pieces
+(``make_units``: one unit per layer, my ``np.array_split`` chunk of each;
+``MemoryLedger``; the ZeRO formulas of zero.py) rather than copying them.
+
+Per micro-batch, for each unit (layer) u of my stage, over the dp group of p ranks:
+
+=====  ===================================================================
+stage  what happens (N_u = the unit's elements)
+=====  ===================================================================
+2      params replicated; backward of u writes its full grads into a fresh
+       buffer, which is reduce-scattered (mean) at once and ADDED into my
+       grad shard, then freed. After the step: Adam on my shard of each unit,
+       all-gather of the unit's params (as ZeRO-1).
+3      params sharded: all-gather u just before its forward, free after;
+       all-gather again just before its backward, free after; grads as stage 2.
+=====  ===================================================================
+
+Bytes on the dp dim per step, all ranks together (ring; m micro-batches, N = sum N_u,
+times the item size): stage 0 (all-reduce) and stage 1 (reduce-scatter + all-gather)
+2(p-1)N; stage 2 (m + 1)(p-1)N; stage 3 3m(p-1)N. With m = 1 stage 2 equals stage 1 and
+stage 3 is 1.5x; with m > 1 the per-micro-batch reduce-scatters (and stage 3's gathers)
+repeat m times: the price of never holding a stage's full gradients. That is why
+DeepSpeed's PipelineEngine refuses ZeRO stage >= 2 ("ZeRO-2 and ZeRO-3 are incompatible
+with pipeline parallelism"), and why torchtitan, under PP, by default does not reshard
+FSDP's parameters after forward (no per-micro-batch all-gathers; not done here).
+``dp_wire_bytes`` gives each rank's exact bytes.
+
+The gathers and reduce-scatters here are synchronous (no prefetch on the communication
+stream, unlike fsdp.py): at most one unit's gathered params and one unit's full grads
+exist at a time, so the measured peaks equal ``zero_memory_by_kind(..., prefetch=False,
+overlap=False)``.
+"""
+from __future__ import annotations
+
+import copy
+
+from .fsdp_units import MemoryLedger, _state_nbytes, _unbind, make_units
+from .pipeline import PipelineStage
+from .zero import ring_bytes_per_rank
+
+
+class ShardedStage(PipelineStage):
+    """My pipeline stage of ``model`` with ZeRO ``zero`` (2 or 3) over ``dp`` (module
+    docstring). ``make_optimizer(shard)`` builds the optimizer of my chunk of each unit;
+    ``sync(layer)`` (e.g. ``TPBlock.sync_grads``) runs on each layer's grads of a
+    micro-batch before they are reduce-scattered."""
+
+    def __init__(self, model, stage, num_stages, dp, zero, make_optimizer, algorithm="ring", sync=None):
+        if zero not in (2, 3):
+            raise ValueError(f"ShardedStage: zero={zero!r}, use 2 or 3 (stages 0-1 need no sharded stage)")
+        super().__init__(model, stage, num_stages)
+        self.dp, self.zero, self.algorithm, self.sync = dp, zero, algorithm, sync
+        self.model, self.xp, self.dtype = model, model.xp, model.dtype
+        self.itemsize = model.dtype.itemsize
+        self.units = [u for u in make_units(model, dp.world_size, dp.rank) if self.start <= u.layers[0] < self.stop]
+        self._pos = {u.index: k for k, u in enumerate(self.units)}  # unit -> its place in my stage
+        self.ledger = MemoryLedger()
+        nb, xp = self.itemsize, self.xp
+        self.gshards = []
+        for u in self.units:
+            self.gshards.append(xp.zeros(u.hi - u.lo, self.dtype))
+            self.ledger.alloc("grads", (u.hi - u.lo) * nb)
+        if zero == 2:
+            self.ledger.alloc("params", sum(u.numel for u in self.units) * nb)
+            views = [model.params[u.start + u.lo:u.start + u.hi] for u in self.units]
+        else:
+            self.shards = [model.params[u.start + u.lo:u.start + u.hi].copy() for u in self.units]
+            for s in self.shards:
+                self.ledger.alloc("params", s.size * nb)
+            views = self.shards
+        self.optimizers = []
+        for v in views:
+            opt = make_optimizer(v) if v.size else None
+            if opt is not None and getattr(opt, "params", None) is not v:
+                raise TypeError("make_optimizer must build the optimizer on the array it is given, "
+                                "e.g. lambda shard: nn.Adam(shard, lr=1e-3)")
+            self.ledger.alloc("optimizer", _state_nbytes(opt))
+            self.optimizers.append(opt)
+        # the full buffers of my stage go: grads always, params too for stage 3
+        self.grads = xp.empty(0, self.dtype)
+        for layer in self.layers:
+            _unbind(layer)
+        if zero == 3:
+            self.params = xp.empty(0, self.dtype)
+        else:
+            for u in self.units:
+                self._bind(self.layers[u.layers[0] - self.start], u, model.params[u.start:u.stop], None)
+
+    # -- the pieces of one unit --------------------------------------------------------
+    def _bind(self, layer, unit, pbuf, gbuf):
+        i = unit.layers[0]
+
+        def views(buf):
+            return {s.key: buf[s.start - unit.start:s.stop - unit.start].reshape(s.shape)
+                    for s in self.model.slots if s.layer == i}
+        layer.bind(views(pbuf), views(gbuf) if gbuf is not None else {})
+
+    def _params_of(self, unit):
+        """The unit's full params: gathered (stage 3, counted until ``_done``) or mine."""
+        if self.zero == 2:
+            return self.model.params[unit.start:unit.stop]
+        self.ledger.alloc("params", unit.numel * self.itemsize)
+        return self.dp.all_gather(self.shards[self._pos[unit.index]], algorithm=self.algorithm)
+
+    def _done(self, layer, unit):
+        if self.zero == 3:
+            _unbind(layer)
+            self.ledger.free("params", unit.numel * self.itemsize)
+
+    # -- one micro-batch ---------------------------------------------------------------
+    def forward(self, x, microbatch):
+        if microbatch in self.stash:
+            raise RuntimeError(f"stage {self.stage}: forward of micro-batch {microbatch} twice before its backward")
+        copies, nbytes = [], 0
+        for layer, unit in zip(self.layers, self.units):
+            c = copy.copy(layer)  # this micro-batch's own activations
+            if self.zero == 3 and unit.numel:
+                self._bind(c, unit, self._params_of(unit), None)
+            nbytes += int(x.nbytes)
+            x = c.forward(x)
+            if unit.numel:
+                self._done(c, unit)  # stage 3: free the gathered params (reshard after forward)
+            copies.append(c)
+        self.stash[microbatch] = copies
+        self._bytes[microbatch] = nbytes
+        self.stash_bytes += nbytes
+        self.peak_in_flight = max(self.peak_in_flight, len(self.stash))
+        self.peak_stash_bytes = max(self.peak_stash_bytes, self.stash_bytes)
+        return x
+
+    def backward(self, dout, microbatch):
+        """Backward of ``microbatch``; each unit's grads are reduce-scattered at once and
+        added into my shard (no full gradient of the stage ever exists)."""
+        if microbatch not in self.stash:
+            raise RuntimeError(f"stage {self.stage}: backward of micro-batch {microbatch} before its forward")
+        nb = self.itemsize
+        for c, unit in zip(reversed(self.stash.pop(microbatch)), reversed(self.units)):
+            if not unit.numel:
+                dout = c.backward(dout)
+                continue
+            gbuf = self.xp.zeros(unit.numel, self.dtype)
+            self.ledger.alloc("grads", unit.numel * nb)
+            self._bind(c, unit, self._params_of(unit), gbuf)
+            dout = c.backward(dout)
+            if self.sync is not None:
+                self.sync(c)
+            self._done(c, unit)
+            self.gshards[self._pos[unit.index]] += self.dp.reduce_scatter(gbuf, op="mean", algorithm=self.algorithm)
+            self.ledger.free("grads", unit.numel * nb)
+        self.stash_bytes -= self._bytes.pop(microbatch)
+        return dout
+
+    def backward_input(self, dout, microbatch):  # pragma: no cover - PipelineParallel runs F and B only
+        raise NotImplementedError("ShardedStage: zero-bubble B/W split is not supported under ZeRO-2/3")
+
+    # -- the step ----------------------------------------------------------------------
+    def zero_grad(self):
+        for g in self.gshards:
+            g[...] = 0
+
+    def step(self):
+        """Adam on my shard of every unit; stage 2 all-gathers the updated params."""
+        for u, opt, g in zip(self.units, self.optimizers, self.gshards):
+            if opt is not None:
+                opt.step(g)
+            if self.zero == 2 and u.numel:
+                mine = self.model.params[u.start + u.lo:u.start + u.hi].copy()
+                self.dp.all_gather(mine, algorithm=self.algorithm, out=self.model.params[u.start:u.stop])
+
+    def local_shards(self):
+        """``[(start in the model's flat buffer, copy of my chunk)]``, one per unit."""
+        src = self.shards if self.zero == 3 else [self.model.params[u.start + u.lo:u.start + u.hi]
+                                                  for u in self.units]
+        return [(u.start + u.lo, s.copy()) for u, s in zip(self.units, src)]
+
+
+def dp_wire_bytes(unit_sizes, dp, zero, num_microbatches=1, itemsize=8):
+    """Bytes each dp rank sends per step of ``train_3d(zero=...)`` over a ring (a list,
+    by dp rank): stage 0 one all-reduce of the stage's N = sum(unit_sizes) elements,
+    stage 1 a reduce-scatter + an all-gather of N (ZeroOptimizer), stage 2 per unit m
+    reduce-scatters + one all-gather, stage 3 per unit m (two all-gathers + one
+    reduce-scatter)."""
+    m, n = int(num_microbatches), sum(unit_sizes)
+    if zero in (0, 1):
+        kinds = ("all_reduce",) if zero == 0 else ("reduce_scatter", "all_gather")
+        plan = [(n, k, 1) for k in kinds]
+    elif zero in (2, 3):
+        per = (("reduce_scatter", m), ("all_gather", 1 if zero == 2 else 2 * m))
+        plan = [(s, k, c) for s in unit_sizes if s for k, c in per]
+    else:
+        raise ValueError(f"dp_wire_bytes: zero={zero!r}, use 0, 1, 2 or 3")
+    out = [0] * dp
+    for size, kind, count in plan:
+        if size:
+            out = [a + count * b for a, b in zip(out, ring_bytes_per_rank(kind, size, dp, itemsize))]
+    return out
+
+
+__all__ = ["ShardedStage", "dp_wire_bytes"]
