@@ -19,12 +19,14 @@ and checks its answer (the sum of the ranks) before it reports a time.
    an ``all_reduce`` (two messages each): CPU time per message. Target: under 5 us.
 
 CPU time (``time.process_time``) is what is compared: on a shared machine it moves less
-than the wall time; both are printed.
+than the wall time; both are printed. Each child runs with ``OPENBLAS_NUM_THREADS=1``
+(unless set): the spinning BLAS threads of NumPy's start would be counted otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -82,7 +84,12 @@ def _case(kind, p, reps, check):
 
 def _run(kind, p, reps=1, check=True, timeout=600):
     cmd = [sys.executable, "-m", "mlscale.bench.sim", "--case", kind, str(p), str(reps), str(int(check))]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    # The simulator runs in one thread. OpenBLAS's worker threads, started with NumPy, spin
+    # for a while and their CPU time counted in the child's process_time (up to 60 ms in a
+    # 0.1 s row): one BLAS thread, unless the caller chose otherwise.
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if out.returncode:
         raise RuntimeError(f"bench sim: {' '.join(cmd[2:])} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
