@@ -122,3 +122,13 @@ def test_recv_any_after_many_boxes_were_swept_sees_every_sender():
     sim = Simulator(p)
     sim.box_limit = 8
     assert sim.run(fn, ())[0] == list(range(1, p))
+
+
+def test_the_frontier_case_simulates_every_rank():
+    """bench sim's frontier row (--quick size): every rank simulated, the step beside predict's."""
+    from mlscale.bench.sim import _case
+
+    r = _case("frontier-quick", 0, 1, True)
+    assert r["ranks"] == 2 * 4 * 8 and r["mesh"] == [2, 4, 8]
+    assert r["events"] > r["ranks"] * 2 * 32  # every rank: its schedule's ops and messages
+    assert r["step"] == pytest.approx(r["predicted"], rel=0.05)

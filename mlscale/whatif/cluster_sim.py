@@ -27,11 +27,15 @@ straggler with ``speeds=``, a slow link with ``links=``, the clocks of all ranks
    mlscale's ring, message by message (flat, not NCCL's hierarchy); the first and last stage
    all-reduce the tied word embedding's gradient; then the optimizer's time.
 
-Where it differs from :func:`predict` by construction: the point-to-point sends here are
-non-blocking (a stage sends and goes on, as Megatron-LM does with ``overlap_p2p_comm``),
-so their time hides wherever the receiver is still busy; ``predict`` charges them on the
-critical path, as Megatron 2021's blocking exchanges had them. So the simulated step lies
-between ``predict``'s step less its ``pp_p2p`` term and ``predict``'s step (tested).
+Where it differs from :func:`predict` by construction: (a) the point-to-point sends here
+are non-blocking (a stage sends and goes on, as Megatron-LM does with
+``overlap_p2p_comm``), so their time hides wherever the receiver is still busy, while
+``predict`` charges them on the critical path, as Megatron 2021's blocking exchanges had
+them; (b) the data-parallel all-reduce here is mlscale's flat ring, while ``predict``
+models NCCL's two-level one (inside the node, then across): slower here when a dp group
+spans nodes with several peers in each. Where the dp group sits in one node (or has one
+peer a node), the simulated step lies between ``predict``'s less its ``pp_p2p`` term and
+``predict``'s (tested); GPT-3 175B at (8, 16, 8): 29.57 s against 29.59 s.
 
 Ranks: Megatron's order, tp fastest (one node), then dp, then pp: rank = (pp_i dp + dp_i)
 tp + tp_i, so the cluster preset's nodes (rank // gpus_per_node) hold one tp group each
