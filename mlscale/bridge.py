@@ -225,19 +225,37 @@ def mesh_side_by_side(comm, sizes):
     return dict(mine), theirs
 
 
+def fsdp_shard_numels(comm, sizes=DEFAULTS["sizes"], seed=0):
+    """The parameter elements this rank keeps per layer under mlscale's ``FSDP(stage=3)``
+    (one unit per layer): chunk r of each unit's FLAT parameters (``np.array_split``).
+    Any engine (sim included)."""
+    fsdp = FSDP(comm, MLP(sizes, seed=seed, dtype=np.float64), lambda s: Adam(s, lr=1e-3), stage=3)
+    return [int(u.hi - u.lo) for u in fsdp.units if u.numel]
+
+
+def fsdp2_shard_numels(sizes, world_size, rank):
+    """What FSDP2 keeps on ``rank`` per Linear of an MLP of ``sizes``: each parameter is
+    sharded on dim 0 (``Shard(0)``, torch.chunk's rule): ceil(out / p) rows of the (out, in)
+    weight and of the bias per rank, the last ranks' chunks shorter or empty."""
+    out = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        rows = -(-fan_out // world_size)
+        mine = max(0, min(rows, fan_out - rank * rows))
+        out.append(mine * fan_in + mine)
+    return out
+
+
 def shard_numels(comm, sizes=DEFAULTS["sizes"], seed=0):
     """On every rank: ``{"mlscale": [...], "torch": [...]}``, the number of parameter
-    elements this rank keeps per layer under FSDP / ZeRO-3. mlscale cuts each unit's FLAT
-    parameters in ``world_size`` chunks (``np.array_split``); FSDP2 cuts EACH parameter
-    along dim 0 (``Shard(0)``: rows of the (out, in) weight, the last rank's chunk padded
-    when rows do not divide)."""
+    elements this rank keeps per layer under ZeRO-3: mlscale's ``FSDP`` (flat chunks,
+    ``fsdp_shard_numels``) and FSDP2's ``fully_shard`` (``p.to_local().numel()`` of each
+    parameter, the rows rule of ``fsdp2_shard_numels``)."""
     torch, _ = _torch()
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import fully_shard
 
     group = _world_group(comm)
-    fsdp = FSDP(comm, MLP(sizes, seed=seed, dtype=np.float64), lambda s: Adam(s, lr=1e-3), stage=3)
-    ours = [int(u.hi - u.lo) for u in fsdp.units if u.numel]
+    ours = fsdp_shard_numels(comm, sizes, seed)
     net = torch_mlp(MLP(sizes, seed=seed, dtype=np.float64))
     mesh = DeviceMesh.from_group(group, "cpu", mesh_dim_names=("dp",))
     theirs = []
@@ -288,4 +306,5 @@ NAME_MAP = [
 
 
 __all__ = ["METHODS", "TOLERANCE", "DEFAULTS", "NAME_MAP", "torch_mlp", "flat_params", "train_mlscale",
-           "train_torch", "side_by_side", "rel_diff", "compare", "mesh_side_by_side", "shard_numels", "tour"]
+           "train_torch", "side_by_side", "rel_diff", "compare", "mesh_side_by_side", "fsdp_shard_numels",
+           "fsdp2_shard_numels", "shard_numels", "tour"]

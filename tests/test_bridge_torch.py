@@ -116,3 +116,10 @@ def test_bad_inputs_say_what_to_do():
         ms.launch(lambda c: bridge.train_torch(c, "ddp", X, Y), 2)
     with pytest.raises(TypeError, match="float64"):
         bridge.torch_mlp(ms.nn.MLP([2, 2], dtype=np.float16))
+
+
+def test_fsdp2_rule_matches_the_formula_in_the_library(tour):
+    sizes = bridge.DEFAULTS["sizes"]
+    for r, t in enumerate(tour):
+        assert t["shards"]["torch"] == bridge.fsdp2_shard_numels(sizes, P, r)
+    assert bridge.fsdp2_shard_numels((4, 3), 4, 3) == [0]  # 3 rows on 4 ranks: the last keeps nothing
