@@ -123,3 +123,12 @@ def test_fsdp2_rule_matches_the_formula_in_the_library(tour):
     for r, t in enumerate(tour):
         assert t["shards"]["torch"] == bridge.fsdp2_shard_numels(sizes, P, r)
     assert bridge.fsdp2_shard_numels((4, 3), 4, 3) == [0]  # 3 rows on 4 ranks: the last keeps nothing
+
+
+def test_import_bridge_does_not_import_torch():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, mlscale.bridge; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
