@@ -138,8 +138,8 @@ else:
     plt.show()"""),
     ("md", """Why not equal to the bit? The arithmetic is the same (mean gradient, PyTorch's SGD and
 Adam formulas, `F.cross_entropy`), but NumPy and torch multiply matrices with different BLAS
-kernels, which sum in different orders. In float64 the difference stays near 1e-16 relative;
-in float32 it would be near 1e-7 and grow with the steps. ZeRO-1 and FSDP give the same
+kernels, which sum in different orders. In float64 the difference stays near 1e-16 relative
+here (float32 rounds at about 1e-7 per operation). ZeRO-1 and FSDP give the same
 numbers as each other: sharding changes where the state lives, not what is computed."""),
     ("md", """## 3. Meshes
 
