@@ -23,6 +23,44 @@ def test_drained_mailboxes_are_swept_so_memory_holds_only_what_is_in_flight():
     assert sim.by_dst is None  # the index by receiver is built only for a receive from any source
 
 
+def test_a_mailbox_is_forgotten_when_its_last_message_is_received():
+    """Eager forgetting (issue 9 speed): above ``box_keep`` boxes a drained one is
+    forgotten at once, so the table never grows past it and no sweep is needed; the
+    same messages arrive."""
+    p = 512  # 4,608 (src, dst) pairs, one message each
+    sim = Simulator(p)
+    sim.box_limit = 10 ** 9  # no sweep: only eager forgetting can keep the table small
+    assert sim.run(_ar, ()) == [p * (p - 1) / 2] * p
+    assert len(sim.boxes) <= sim.box_keep == 2 * p + 64
+    assert len(sim.trace.messages) == p * 9  # lg 512 = 9 rounds, a message per rank each
+
+
+@pytest.mark.parametrize("keep", [64, 0])
+def test_a_mailbox_with_something_in_flight_is_kept(keep):
+    """With few boxes a drained one is kept for its next message; above ``box_keep`` it
+    is forgotten and the next message starts a new one at 0. Either way a box with a
+    message or a posted receive in flight stays."""
+    def fn(comm):
+        if comm.rank == 0:
+            comm.send(np.ones(2), 1, tag=1)
+            comm.send(np.ones(2), 1, tag=1)  # the second is never received
+        else:
+            comm.recv(0, tag=1)
+            comm.irecv(0, tag=2)  # posted, never matched
+        return None
+
+    sim = Simulator(2)
+    sim.box_keep = keep
+    sim.run(fn, ())
+    box = sim.boxes[((), 0, 1, 1)]
+    # rank 1 received the first message before the second was sent (rank 0 yields to it:
+    # it is behind in virtual time), which drained the box
+    want = (2, 1, [1]) if keep else (1, 0, [0])
+    assert (box.nsent, box.nposted, sorted(box.msgs)) == want
+    assert sim.boxes[((), 0, 1, 2)].posted_at == {0: 10e-6 + 16e-9}  # posted after the first arrived
+    assert len(sim.boxes) == 2
+
+
 def test_a_sweep_keeps_every_message_and_posted_receive_in_flight():
     def fn(comm):
         p, r = comm.world_size, comm.rank
@@ -84,3 +122,13 @@ def test_recv_any_after_many_boxes_were_swept_sees_every_sender():
     sim = Simulator(p)
     sim.box_limit = 8
     assert sim.run(fn, ())[0] == list(range(1, p))
+
+
+def test_the_frontier_case_simulates_every_rank():
+    """bench sim's frontier row (--quick size): every rank simulated, the step beside predict's."""
+    from mlscale.bench.sim import _case
+
+    r = _case("frontier-quick", 0, 1, True)
+    assert r["ranks"] == 2 * 4 * 8 and r["mesh"] == [2, 4, 8]
+    assert r["events"] > r["ranks"] * 2 * 32  # every rank: its schedule's ops and messages
+    assert r["step"] == pytest.approx(r["predicted"], rel=0.05)

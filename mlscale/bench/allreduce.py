@@ -4,6 +4,7 @@ side in one run, then the alpha-beta model against the clock, then the simulator
     mlscale bench allreduce                  # 4 MPI ranks, 4 KiB .. 64 MiB float32
     mlscale bench allreduce --quick          # a short run (a smoke test)
     mlscale bench allreduce -n 2 --out allreduce.md
+    mlscale bench allreduce --no-torch       # without the torch.distributed (gloo) part
 
 1. ``mpi``: on N ranks (default 4) every size from 4 KiB to 64 MiB, MPI's native
    ``Allreduce`` and every mlscale algorithm (written on send/recv) in one run, with
@@ -24,6 +25,11 @@ side in one run, then the alpha-beta model against the clock, then the simulator
    once into ``out=`` buffers made beforehand (as a training loop reuses its buffers;
    the MPI part does the same) and once into new arrays, whose first touch (8 x 64 MiB
    of page faults) the NumPy sum, with its one result, mostly does not pay.
+4. ``torch`` (where torch is installed; ``--no-torch`` skips it): a second launch of the
+   same N ranks with ``backend="torch"``, the same sizes and repeats: gloo's own
+   ``all_reduce`` (torch.distributed, what DDP calls on CPUs) and mlscale's ring over
+   ``TorchComm``'s send/recv, beside part 1's MPI ``Allreduce`` and ring: busbw and the
+   ratios to gloo, from the median times.
 """
 from __future__ import annotations
 
@@ -63,9 +69,9 @@ def _quiet_barrier(comm, busy):
         time.sleep(1e-3)
 
 
-def _mpi_part(comm, sizes, algos, quick, pp_sizes):
-    from mpi4py import MPI
-
+def _measure(comm, sizes, algos, quick):
+    """``(keys, times)``: this rank's seconds per repeat of every (size, algorithm), each
+    checked once against the exact sum first (what every engine's part runs)."""
     from ..collectives import ALGORITHMS
 
     comm.check = False  # no cross-rank argument check: native and mlscale alike
@@ -89,6 +95,14 @@ def _mpi_part(comm, sizes, algos, quick, pp_sizes):
             keys.append((nbytes, a))
             times.append(per[a])
         del x, out
+    return keys, times
+
+
+def _mpi_part(comm, sizes, algos, quick, pp_sizes):
+    from mpi4py import MPI
+
+    p, r = comm.world_size, comm.rank
+    keys, times = _measure(comm, sizes, algos, quick)
     # a repeat lasts until its slowest rank is done
     measured = slowest_over_ranks(comm, keys, times)
 
@@ -137,6 +151,48 @@ def _mpi4py_version():
     import mpi4py
 
     return mpi4py.__version__
+
+
+def _torch_part(comm, sizes, algos, quick):
+    """On the torch engine (TorchComm over gloo): gloo's own all_reduce ("native") and
+    mlscale's algorithms written on TorchComm's send/recv, timed as on MPI; a repeat's time
+    is the slowest rank's (one all_reduce max through gloo)."""
+    import torch
+
+    keys, times = _measure(comm, sizes, algos, quick)
+    flat = np.concatenate([np.asarray(t, dtype=float) for t in times])
+    slowest = comm.all_reduce(flat, op="max")
+    measured, i = {}, 0
+    for k, t in zip(keys, times):
+        measured[k] = slowest[i:i + len(t)].tolist()
+        i += len(t)
+    return {"p": comm.world_size, "measured": measured, "torch": torch.__version__} if comm.rank == 0 else None
+
+
+TORCH_ALGOS = ("native", "ring")
+
+
+def _torch_tables(rep, mpi_res, torch_res, sizes):
+    """gloo's all_reduce beside MPI's and mlscale's ring on both engines, busbw from the
+    median time, and the ratios (same sizes, one run of this command)."""
+    p = torch_res["p"]
+    tm = {k: float(np.median(v)) for k, v in torch_res["measured"].items()}
+    mm = {k: float(np.median(v)) for k, v in mpi_res["measured"].items()} if mpi_res else {}
+    rows = []
+    for nb in sizes:
+        bw = {name: busbw("all_reduce", p, nb, t) for name, t in (
+            ("gloo", tm[(nb, "native")]), ("ring_torch", tm[(nb, "ring")]),
+            ("mpi", mm.get((nb, "native"))), ("ring_mpi", mm.get((nb, "ring")))) if t}
+        ratio = (lambda a, b: f"{bw[a] / bw[b]:.2f}x" if a in bw and b in bw else "-")
+        rows.append([fmt_bytes(nb), fmt_time(tm[(nb, "native")]), fmt_bw(bw["gloo"]),
+                     fmt_bw(bw["mpi"]) if "mpi" in bw else "-", fmt_bw(bw["ring_mpi"]) if "ring_mpi" in bw else "-",
+                     fmt_bw(bw["ring_torch"]), ratio("mpi", "gloo"), ratio("ring_mpi", "gloo"),
+                     ratio("ring_torch", "gloo")])
+    rep.table(["size", "gloo median", "gloo busbw", "MPI Allreduce busbw", "mlscale ring on MPI busbw",
+               "mlscale ring on torch busbw", "MPI / gloo", "ring on MPI / gloo", "ring on torch / gloo"], rows,
+              align="lrrrrrrrr",
+              title=f"torch.distributed (gloo, torch {torch_res['torch']}) all_reduce beside MPI's, {p} ranks, "
+                    "float32 (busbw GB/s from the median time; ratios of busbw: > 1 is faster than gloo)")
 
 
 # ---------------------------------------------------------------- fitting and tables
@@ -282,6 +338,22 @@ def _sim_part(rep, quick, ranks, mib):
 
 
 # ---------------------------------------------------------------- the command
+def _run_torch(rep, ns, sizes):
+    """The torch part in its own launch (backend="torch"), or None with a line saying why not."""
+    from ..comm.errors import BackendUnavailable
+    from ..comm.torch_dist import launch_torch
+
+    t0 = time.perf_counter()
+    try:
+        res = launch_torch(_torch_part, ns.ranks, (sizes, TORCH_ALGOS, ns.quick), timeout=ns.timeout)[0]
+    except BackendUnavailable as e:
+        rep.add(f"torch.distributed part skipped: {e}\n")
+        return None
+    rep.add(f"torch.distributed: gloo, torch {res['torch']}; {ns.ranks} ranks (started by mpiexec, every byte "
+            f"through gloo); run took {time.perf_counter() - t0:.0f} s.\n")
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="mlscale bench allreduce", description=__doc__.split("\n")[0])
     ap.add_argument("-n", "--ranks", type=int, default=4, help="MPI ranks (default 4)")
@@ -289,6 +361,8 @@ def main(argv=None):
     ap.add_argument("--out", help="also write the markdown tables to this file")
     ap.add_argument("--no-mpi", action="store_true", help="skip the MPI part")
     ap.add_argument("--no-sim", action="store_true", help="skip the simulator part")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="skip the torch.distributed (gloo) part (run by default where torch is installed)")
     ap.add_argument("--sim-ranks", type=int, default=8)
     ap.add_argument("--sim-mib", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for the MPI run")
@@ -311,6 +385,10 @@ def main(argv=None):
                 f"{time.perf_counter() - t0:.0f} s.\n")
         met = _mpi_tables(rep, res, sizes, ALGOS)
         ok = ok and met is not False
+    if not ns.no_torch:
+        res_torch = _run_torch(rep, ns, QUICK_SIZES if ns.quick else SIZES)
+        if res_torch is not None:
+            _torch_tables(rep, None if ns.no_mpi else res, res_torch, QUICK_SIZES if ns.quick else SIZES)
     if not ns.no_sim:
         ok = _sim_part(rep, ns.quick, ns.sim_ranks, 8 if ns.quick else ns.sim_mib) and ok
     if ns.out:

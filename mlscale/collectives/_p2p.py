@@ -1,4 +1,6 @@
 """The few point-to-point helpers every algorithm uses, on the collective tag."""
+import functools
+
 from ._reduce_ops import reduce_into
 
 #: user tags lie in [0, MAX_TAG); collectives send on TAG, above it
@@ -48,6 +50,7 @@ def bounds(n, parts):
     return out
 
 
+@functools.lru_cache(maxsize=64)  # (pure: the same p gives the same answer; twice per collective)
 def fold(p):
     """MPICH's fold for world sizes that are not powers of two.
 

@@ -36,8 +36,14 @@ def buffer_xp(comm, x):
     return x.xp if getattr(x, "_shape_only", False) is True else comm.xp
 
 
+_NP_UFUNC = {op: getattr(np, name) for op, name in _UFUNC.items()}
+
+
 def reduce_into(acc, x, op):
     """acc <- acc (op) x, in place. Returns acc."""
+    if type(acc) is np.ndarray:  # the common case, first (once per message of a reduction)
+        _NP_UFUNC[op](acc, x, out=acc)
+        return acc
     xp = get_xp(acc)
     getattr(xp, _UFUNC[op])(acc, x, out=acc)
     return acc

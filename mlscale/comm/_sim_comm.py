@@ -30,14 +30,21 @@ def _doing(comm, tag, plain, in_coll):
     return in_collective(comm._labels[-1] if comm._labels else "", comm._coll_seq, in_coll)
 
 
-class _SendRequest(Request):
-    __slots__ = ("sim", "R", "end")
+def _isend_what(comm, dst, tag):
+    """What a rank waits in when its isend above the eager limit has no matching recv:
+    "isend().wait()" on a user tag; on the collectives' tag, the collective and
+    algorithm ("all_reduce #1 (algorithm='ring'): isend(dst=1).wait()")."""
+    return lambda: _doing(comm, tag, "isend().wait()", f"isend(dst={dst}).wait()")
 
-    def __init__(self, sim, R, end):
-        self.sim, self.R, self.end = sim, R, end
+
+class _SendRequest(Request):
+    __slots__ = ("sim", "R", "end", "what")
+
+    def __init__(self, sim, R, end, what="isend().wait()"):
+        self.sim, self.R, self.end, self.what = sim, R, end, what
 
     def wait(self):
-        self.sim.complete_send(self.R, self.end, "isend().wait()")
+        self.sim.complete_send(self.R, self.end, self.what)
 
     def test(self):
         end = self.end.end if isinstance(self.end, _Rendezvous) else self.end
@@ -132,13 +139,17 @@ class SimComm(Communicator):
             self.sim.compute(self._R, nbytes * g, "reduce")
 
     def _send(self, buf, dst, tag):
-        end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._labels[-1] if self._labels else "")
-        self.sim.complete_send(self._R, end,
-                               lambda: _doing(self, tag, f"send(dst={dst}, tag={tag})", f"send(dst={dst})"))
+        R = self._R
+        end = self.sim.post(R, self.ctx, self.group[dst], tag, buf, self._labels[-1] if self._labels else "")
+        if end.__class__ is float and R.death is None:  # eager: sim.complete_send, inlined
+            if end > R.clock:
+                R.clock = end
+            return
+        self.sim.complete_send(R, end, lambda: _doing(self, tag, f"send(dst={dst}, tag={tag})", f"send(dst={dst})"))
 
     def _isend(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label)
-        return _SendRequest(self.sim, self._R, end)
+        return _SendRequest(self.sim, self._R, end, _isend_what(self, dst, tag) if tag >= MAX_TAG else "isend().wait()")
 
     def start(self, fn, *args):
         """Run ``fn(stream_comm, *args)`` in the background on this rank's communication
@@ -154,14 +165,22 @@ class SimComm(Communicator):
 
     def _isend_given(self, buf, dst, tag):
         end = self.sim.post(self._R, self.ctx, self.group[dst], tag, buf, self._label, given=True)
-        return _SendRequest(self.sim, self._R, end)
+        return _SendRequest(self.sim, self._R, end, _isend_what(self, dst, tag) if tag >= MAX_TAG else "isend().wait()")
 
     def _recv(self, src, tag, out, timeout=None):
-        gsrc = self.group[src]
-        box, idx = self.sim.post_recv_box(self._R, self.ctx, gsrc, tag)
-        deadline = None if timeout is None else self._R.clock + timeout
-        return self.sim.take(self._R, self.ctx, gsrc, tag, idx, out, deadline,
-                             lambda: _doing(self, tag, f"recv(src={src}, tag={tag})", f"recv(src={src})"), box)
+        sim, R, ctx, gsrc = self.sim, self._R, self.ctx, self.group[src]
+        # (sim.post_recv_box, inlined: once per message)
+        box = sim.boxes.get((ctx, gsrc, R.rank, tag)) or sim._box(ctx, gsrc, R.rank, tag)
+        idx = box.nposted
+        box.nposted = idx + 1
+        rdv = box.waiting.get(idx)
+        if rdv is not None:
+            sim._match(box, idx, rdv, R.clock)
+        elif idx not in box.msgs:
+            box.posted_at[idx] = R.clock
+        deadline = None if timeout is None else R.clock + timeout
+        return sim.take(R, ctx, gsrc, tag, idx, out, deadline,
+                        lambda: _doing(self, tag, f"recv(src={src}, tag={tag})", f"recv(src={src})"), box)
 
     def recv(self, src, tag=0, out=None, timeout=None, _internal=False):
         """Blocking receive; ``timeout`` in virtual seconds raises ``TimeoutError``.
@@ -199,19 +218,44 @@ class SimComm(Communicator):
     def sendrecv(self, x, dst, src, tag=0, out=None, _internal=False, _give=False):
         if not _internal or not isinstance(x, np.ndarray):
             return super().sendrecv(x, dst, src, tag, out, _internal, _give)
-        sim, R, group = self.sim, self._R, self.group
+        sim, R, group, ctx = self.sim, self._R, self.group, self.ctx
         gsrc = group[src]
-        box, idx = sim.post_recv_box(R, self.ctx, gsrc, tag)
+        # (sim.post_recv_box, inlined: it runs once per message)
+        box = sim.boxes.get((ctx, gsrc, R.rank, tag)) or sim._box(ctx, gsrc, R.rank, tag)
+        idx = box.nposted
+        box.nposted = idx + 1
+        rdv = box.waiting.get(idx)
+        if rdv is not None:
+            sim._match(box, idx, rdv, R.clock)
+        elif idx not in box.msgs:
+            box.posted_at[idx] = R.clock
         buf = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         self.nbytes_sent += buf.nbytes
         self.messages_sent += 1
-        end = sim.post(R, self.ctx, group[dst], tag, buf, self._labels[-1] if self._labels else "", given=_give)
+        end = sim.post(R, ctx, group[dst], tag, buf, self._labels[-1] if self._labels else "", given=_give)
+        msgs = box.msgs
+        if out is None and R.death is None and end.__class__ is float and idx in msgs:
+            # the message is there and the send is eager: sim.take then sim.complete_send,
+            # inlined (neither waits)
+            t, payload = msgs.pop(idx)
+            if not msgs and len(sim.boxes) > sim.box_keep and box.nsent == box.nposted \
+                    and not box.posted_at and not box.waiting and sim.by_dst is None:  # (as in take)
+                key = (ctx, gsrc, R.rank, tag)
+                if sim.boxes.get(key) is box:
+                    del sim.boxes[key]
+            if t > R.clock:
+                R.clock = t
+            if payload.__class__ is not np.ndarray:  # (a shape-only array lands on this rank's device)
+                payload = sim._deliver(payload, None, R.rank, gsrc, tag)
+            if end > R.clock:
+                R.clock = end
+            return payload
         try:
             return sim.take(R, self.ctx, gsrc, tag, idx, out, None,
                             lambda: _doing(self, tag, f"irecv(src={src}, tag={tag}).wait()",
                                            f"irecv(src={src}).wait()"), box)
         finally:
-            sim.complete_send(R, end, "isend().wait()")
+            sim.complete_send(R, end, "isend().wait()" if end.__class__ is float else _isend_what(self, dst, tag))
 
     def recv_any(self, tag=0, out=None, timeout=None):
         """Receive the first message to arrive from any rank: returns ``(src, array)``."""

@@ -11,7 +11,10 @@ import numpy as np
 
 from ._sim_state import _RESUME, BLOCKED, DEAD, DONE, READY
 from .errors import CommError, DeadlockError, RankFailure, TimeoutError
+from .network import NetworkModel
 from .trace import Message
+
+_new = tuple.__new__  # Message(...) without the Python frame of a NamedTuple's __new__
 
 
 _NONE_WAITING = {}  # shared and never written: see _Box.waiting
@@ -82,8 +85,11 @@ class Mailboxes:
     def post(self, R, ctx, dst, tag, buf, label, given=False):
         """Put a message on the wire from R to global rank dst; return its arrival time."""
         h = self.heap
-        if h and (h[0][0], h[0][1], h[0][2]) < (R.clock, _RESUME, R.eid):
-            self._yield(R)  # (Simulator._sync, inlined: this runs once per message)
+        if h:  # (Simulator._sync, inlined: this runs once per message)
+            t0, k0, e0, _ = h[0]
+            c = R.clock
+            if t0 < c or (t0 == c and (k0 < _RESUME or (k0 == _RESUME and e0 < R.eid))):
+                self._yield(R)  # someone is behind R in virtual time: it goes first
         D = self.ranks[dst]
         if D.state == DEAD:
             raise RankFailure(
@@ -105,7 +111,10 @@ class Mailboxes:
         nbytes = payload.nbytes
         src, net = R.rank, self.net
         start = max(ready, self.egress[src], self.ingress[dst])
-        end = start + net.message_time(src, dst, nbytes)
+        if net.links is None and type(net) is NetworkModel:  # (message_time, inlined)
+            end = start + (net.alpha + nbytes * net.beta)
+        else:
+            end = start + net.message_time(src, dst, nbytes)
         if R.death is not None and end > R.death:  # dies mid-transfer: the message is lost
             self.advance(R, float(R.death))
         self.egress[src] = self.ingress[dst] = end
@@ -114,7 +123,7 @@ class Mailboxes:
             drop_at = net.drops.get((src, dst))
             dropped = drop_at is not None and start >= drop_at
         if self.record:
-            self.trace.messages.append(Message(start, end, src, dst, nbytes, tag, label, dropped))
+            self.trace.messages.append(_new(Message, (start, end, src, dst, nbytes, tag, label, dropped)))
         if dropped:
             self.ndropped[(src, dst)] = self.ndropped.get((src, dst), 0) + 1
             return end
@@ -168,7 +177,7 @@ class Mailboxes:
     def complete_send(self, R, handle, what):
         """A blocking send or isend().wait(): R's clock moves to the end of the transfer.
         ``what``: a string, or a function giving one (said only if the send must wait)."""
-        if isinstance(handle, _Rendezvous):
+        if handle.__class__ is not float and isinstance(handle, _Rendezvous):
             if not isinstance(what, str):
                 what = what()
             while handle.end is None:
@@ -178,7 +187,11 @@ class Mailboxes:
                                f"({self.net.eager_limit} B), so it waits for rank {handle.dst} to post "
                                "a matching recv (rendezvous)")
             handle = handle.end
-        self.advance(R, handle)
+        if R.death is None:  # (advance, inlined)
+            if handle > R.clock:
+                R.clock = handle
+        else:
+            self.advance(R, handle)
 
     # A message is a snapshot of the sender's buffer (so the sender may reuse it at
     # once). Large snapshots come from a pool of recycled buffers: fresh memory costs a
@@ -215,9 +228,26 @@ class Mailboxes:
         while True:
             item = box.msgs.get(idx)
             if item is not None and (deadline is None or item[0] <= deadline):
-                del box.msgs[idx]
-                self.advance(R, item[0])
-                return self._deliver(item[1], out, R.rank, src, tag)
+                msgs = box.msgs
+                del msgs[idx]
+                if not msgs and len(self.boxes) > self.box_keep and box.nsent == box.nposted \
+                        and not box.posted_at and not box.waiting and self.by_dst is None:
+                    # drained, and many boxes: forget it now (as _sweep_boxes would later; the
+                    # next message on this key starts a new box at 0), so the table holds what
+                    # is in flight
+                    key = (ctx, src, R.rank, tag)
+                    if self.boxes.get(key) is box:
+                        del self.boxes[key]
+                t = item[0]
+                if R.death is None:  # (advance, inlined)
+                    if t > R.clock:
+                        R.clock = t
+                else:
+                    self.advance(R, t)
+                payload = item[1]
+                if out is None and payload.__class__ is np.ndarray:  # (_deliver would return it)
+                    return payload
+                return self._deliver(payload, out, R.rank, src, tag)
             S = self.ranks[src]
             if item is None and S.state == DEAD:
                 self.advance(R, S.died_at)

@@ -276,8 +276,12 @@ class Communicator:
 
     def _run(self, name, fn, *args):
         algo = getattr(fn, "algorithm", "native")
-        with self.label(f"{name}/{algo}"):
+        labels = self._labels  # (self.label(), without a context manager: once per collective)
+        labels.append(f"{name}/{algo}")
+        try:
             return fn(self, *args)
+        finally:
+            labels.pop()
 
     def all_reduce(self, x, op="sum", algorithm=None, out=None):
         """Every rank gets op over all ranks' ``x`` (MPI_Allreduce, JAX psum). The
@@ -488,12 +492,21 @@ class Communicator:
     psum = all_reduce
 
 
+_BOUND = {}  # (fn, name) -> bound: made once, not once per collective
+
+
 def _bind(fn, name):
+    b = _BOUND.get((fn, name))
+    if b is not None:
+        return b
+
     def bound(comm, *args):
         return fn(comm, *args)
 
     bound.algorithm = name
     bound.accepts_out = getattr(fn, "accepts_out", False)
+    if len(_BOUND) < 256:
+        _BOUND[(fn, name)] = bound
     return bound
 
 

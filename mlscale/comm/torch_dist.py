@@ -536,6 +536,8 @@ def _native_all_gather(comm, x, counts):
     if len(set(int(c) for c in counts)) != 1:  # gloo's allgather takes equal pieces
         return _fallback("all_gather", comm, x, counts)
     xc = np.ascontiguousarray(x)
+    if not xc.flags.writeable:  # e.g. np.frombuffer: torch.from_numpy warns on read-only arrays
+        xc = xc.copy()
     outs = [np.empty_like(xc) for _ in range(comm.world_size)]
     comm._wait_works([comm._pg.allgather([[_t(comm, o.reshape(-1).view(np.uint8)) for o in outs]],
                                          [_t(comm, xc.reshape(-1).view(np.uint8))])], "all_gather (gloo's own)")

@@ -173,16 +173,18 @@ def peak_activations(ops, num_chunks=1):
     return out
 
 
-def run_on_sim(comm, ops, num_chunks=1, t_fwd=1.0, t_bwd=2.0, t_w=None, nbytes=8):
+def run_on_sim(comm, ops, num_chunks=1, t_fwd=1.0, t_bwd=2.0, t_w=None, nbytes=8, xp=None):
     """Run rank ``comm.rank``'s list on the communicator: each op is ``comm.compute`` of
     its time, an F sends ``nbytes`` to the next virtual stage's rank, a B to the previous
     one's (received before the op starts). Returns this rank's clock at the end: the
-    sim engine's makespan, network costs included (zero on a zero-cost network)."""
+    sim engine's makespan, network costs included (zero on a zero-cost network).
+    ``xp``: the array module of the messages (``mlscale.meta.Meta()``: shape-only, so a
+    frontier-size activation costs its bytes on the wire and no memory)."""
     p, v = comm.world_size, num_chunks
     P, s = p * v, comm.rank
     mine = _norm(ops)[s] if len(ops) == p else _norm([ops])[0]
     dur = {"F": t_fwd / v, "B": t_bwd / v, "W": (t_w or 0.0) / v}
-    buf, reqs = np.zeros(max(1, nbytes // 8)), []
+    buf, reqs = (np if xp is None else xp).zeros(max(1, nbytes // 8)), []
     for op, j, c in mine:
         g = c * p + s
         tag = (j * P + g) * 2 + (op == "B")

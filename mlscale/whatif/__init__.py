@@ -6,12 +6,14 @@ run on shape-only arrays (``mlscale.meta``), and check it against published tabl
     compare_korthikanti()   # a second source: Korthikanti et al. 2022, Table 5 iteration times
 
 Files: ``predict.py`` (the step-time predictor), ``megatron_table.py`` (the published
-rows, cited), ``compare.py`` (the rows against the predictions).
+rows, cited), ``compare.py`` (the rows against the predictions), ``cluster_sim.py``
+(the same step simulated on every rank, 1,024+ of them: ``simulate_step``).
 """
 from .compare import calibrate_matmul, compare_korthikanti, compare_megatron, predict_row, row_config
 from .megatron_table import KORTHIKANTI_TABLE5, SOURCE, TABLE1, Row, model_flops_eq3
 from .predict import EFFICIENCY, Prediction, predict
+from .cluster_sim import ClusterRun, simulate_step
 
 __all__ = ["predict", "Prediction", "EFFICIENCY", "TABLE1", "Row", "SOURCE", "model_flops_eq3",
            "compare_megatron", "compare_korthikanti", "calibrate_matmul", "predict_row", "row_config",
-           "KORTHIKANTI_TABLE5"]
+           "KORTHIKANTI_TABLE5", "simulate_step", "ClusterRun"]

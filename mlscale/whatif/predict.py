@@ -119,6 +119,8 @@ class Prediction:
     memory_peak: int          # bytes, stage 0 of the pipeline, one GPU
     memory_by_kind: dict
     config: dict = field(default_factory=dict)
+    stage_head: tuple = (0.0, 0.0)  # the slowest stage's embedding / LM head: (fwd, bwd) seconds a micro-batch
+    stage_params: int = 0           # parameters of the largest stage (its gradients are all-reduced over dp)
 
     @property
     def tflops_per_gpu(self):
@@ -252,7 +254,7 @@ def _dp_allreduce(nbytes, dp, tp, pp, cl):
     in a node (Megatron's rank order: tp fastest, then dp), dp/g nodes."""
     if dp == 1:
         return 0.0
-    g = max(1, min(dp, cl.gpus_per_node // (tp * pp) if tp * pp < cl.gpus_per_node else 1))
+    g = max(1, min(dp, cl.gpus_per_node // tp))  # dp peers sit tp ranks apart: gpus_per_node / tp in a node
     while dp % g:
         g -= 1
     ai, bi = cl.intra_latency, 1.0 / cl.intra_bandwidth
@@ -357,7 +359,8 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
                       {"tp": tp, "pp": pp, "dp": dp, "micro_batch": micro_batch, "global_batch": global_batch,
                        "num_microbatches": m, "num_chunks": v, "schedule": schedule if pp > 1 else "-",
                        "recompute": recompute, "sequence_parallel": bool(sequence_parallel), "dropout": bool(dropout),
-                       "hardware": hw.name, "cluster": cl.name})
+                       "hardware": hw.name, "cluster": cl.name},
+                      (heavy["head"]["fwd"], heavy["head"]["bwd"]), max(s0["nparams"], sl["nparams"]))
 
 
 __all__ = ["predict", "Prediction", "EFFICIENCY"]
