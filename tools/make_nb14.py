@@ -244,7 +244,9 @@ def cells(ns):
     # the claims the markdown makes, held to the numbers
     assert not any(r["pp"] == 1 for r in fit) and all(r["recompute"] is None and r["pp"] >= 2 for r in fit[:5])
     assert d_tp > 0 and d_comp > 0 and d_bub > 0 and best_full["tp"] < published["tp"]
-    assert (best_full["step"] / best["step"] - 1) > 0.2 and (best_full["tp"], best_full["pp"]) == (4, 4)
+    assert (best_full["step"] / best["step"] - 1) > 0.2
+    assert best_full["step"] / best["step"] > published["step"] / best_full["step"]  # "most of it"
+    assert best["tp"] < published["tp"] and best_full["pp"] > published["pp"]
     assert best_full["pred"].config["num_chunks"] == 2 and not b1["fits"] and b1["step"] < best["step"]
     badge = f"notebooks/{NAME}.ipynb"
     md = [new_markdown_cell(f"""\
@@ -336,22 +338,22 @@ recomputing them: with pp >= 2 each GPU holds few enough layers that it can affo
 `{ns['label'](best)}`, takes {best['step']:.2f} s a step (MFU {pct(best)}, {gib(best['memory'])});
 the best with full recomputation, `{ns['label'](best_full)}`, {best_full['step']:.2f} s (MFU
 {pct(best_full)}). Recomputing everything costs a forward pass more a micro-batch,
-{100 * (best_full['step'] / best['step'] - 1):.0f}% more time here: this is what Korthikanti et al. 2022
+{100 * (best_full['step'] / best['step'] - 1):.0f}% more time here, best against best: this is what Korthikanti et al. 2022
 went after with *selective* recomputation (only
 the attention's s x s part; `predict` models full recomputation or none).
 
 **tp against pp.** The published configuration, with full recomputation like every Table 1
 run, is predicted at {published['step']:.2f} s a step, MFU {pct(published)} (the paper's 138
 TFLOP/s are 44% of the peak with eq. (3)'s recomputed forward counted; MFU counts 3/4 of those
-FLOPs), rank {fit.index(published) + 1} of {len(fit)}. At the same recomputation, tp 4 and pp 4
-is predicted {100 * (published['step'] / best_full['step'] - 1):.0f}% faster. Where the seconds go:"""),
+FLOPs), rank {fit.index(published) + 1} of {len(fit)}. At the same recomputation, tp {best_full['tp']} and pp
+{best_full['pp']} is predicted {100 * (published['step'] / best_full['step'] - 1):.0f}% faster. Where the seconds go:"""),
           new_code_cell(BREAKDOWN),
           new_markdown_cell(f"""\
-Against tp 4, pp 4, the published tp 8, pp 2 spends {d_tp:.2f} s more a step in
-tensor-parallel all-reduces (each GPU's share of the GEMMs halves; the all-reduced (b, s, h)
+Against tp {best_full['tp']}, pp {best_full['pp']}, the published tp 8, pp 2 spends {d_tp:.2f} s more a step in
+tensor-parallel all-reduces (each GPU's share of the GEMMs shrinks with tp; the all-reduced (b, s, h)
 activation does not) and {d_comp:.2f} s more computing: the layer norms, dropouts and residual
 adds are not split by tensor parallelism, every tp rank does them whole (what sequence
-parallelism splits, Korthikanti et al. 2022). The deeper pipeline's bubble costs tp 4, pp 4
+parallelism splits, Korthikanti et al. 2022). The deeper pipeline's bubble costs tp {best_full['tp']}, pp {best_full['pp']}
 only {d_bub:.2f} s more, with {best_full['pred'].config['num_microbatches']} micro-batches a step
 and 2 chunks a stage.
 
@@ -405,8 +407,8 @@ configuration the plain plan had to refuse.
 - A planning search over {len(runs)} configurations of a 39B model on 512 GPUs takes seconds:
   {len(fit)} fit in 80 GiB. The best, `{ns['label'](best)}`, is predicted
   {100 * (published['step'] / best['step'] - 1):.0f}% faster than the published configuration: most
-  of it by not recomputing where the memory allows, the rest by tp 4 instead of 8 (fewer
-  all-reduces, less unsplit work, for a slightly larger bubble), with the caveats above.
+  of it by not recomputing where the memory allows, the rest by less tensor parallelism, tp {best['tp']} instead of 8 (fewer
+  all-reduces, less unsplit work, for a larger bubble), with the caveats above.
 - Model state is 16 B a parameter over tp pp; ZeRO divides by dp what its stage shards, and
   ZeRO-1 alone lets {len(new)} more configurations fit.""")]
     return md
