@@ -1,0 +1,174 @@
+"""Build the course as a static website: ``make book`` (or ``python tools/build_book.py``).
+
+    python tools/build_book.py                   # -> build/book/html/index.html
+    python tools/build_book.py --out /tmp/book   # elsewhere (html/, doctrees/, src/ under it)
+    python tools/build_book.py --stage-only      # write the Sphinx sources, build nothing
+
+Sphinx + myst-nb + sphinx-book-theme (why: docs/book/conf.py). The notebooks are *not*
+executed: the pages show the outputs stored in notebooks/*.ipynb (``make test`` checks them
+with nbval). The sources are staged under ``<out>/src`` in the repository's own layout:
+
+    src/index.md            README.md, with the book's table of contents appended (hidden)
+    src/notebooks/*.ipynb   the course, one page each, with launch buttons (Binder, Colab)
+    src/docs/*.md           docs/benchmarks.md and the other pages of docs/
+    src/api/*.md            the API reference, one page per subpackage, from the docstrings
+
+so the README's relative links, and the notebook paths in the Binder and Colab links, are
+the repository's. Files are rewritten only when they change, so a second build is
+incremental (Sphinx compares modification times).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "docs" / "book"
+DEFAULT_OUT = ROOT / "build" / "book"
+REPOSITORY_BRANCH = "main"
+
+# the API reference: one page per subpackage (its docstring, then each public submodule)
+API_PACKAGES = [
+    "mlscale.comm", "mlscale.collectives", "mlscale.ops", "mlscale.nn", "mlscale.data",
+    "mlscale.train", "mlscale.parallel", "mlscale.decentralized", "mlscale.federated",
+    "mlscale.compress", "mlscale.serving", "mlscale.meta", "mlscale.check", "mlscale.viz",
+    "mlscale.bench", "mlscale.doctor",
+]
+
+
+def repository_url() -> str:
+    """``[project.urls] Repository`` of pyproject.toml (the same URL the notebooks'
+    set-up cell installs from: tools/setup_cell.py), the target of the launch buttons."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from setup_cell import project_url
+    return project_url()
+
+
+def notebooks(root: pathlib.Path = ROOT) -> list[pathlib.Path]:
+    """The course notebooks, in order (``notebooks/NN_*.ipynb``)."""
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists() or dst.stat().st_mtime_ns != src.stat().st_mtime_ns \
+            or dst.read_bytes() != src.read_bytes():
+        shutil.copy2(src, dst)
+
+
+def _submodules(package: str) -> list[str]:
+    """Public submodules of ``package`` found on disk (no import): ``a/b.py`` and
+    ``a/b/__init__.py``, names not starting with ``_``."""
+    where = ROOT / package.replace(".", "/")
+    if not where.is_dir():
+        return []
+    names = [p.stem for p in where.glob("*.py") if not p.stem.startswith("_")]
+    names += [p.name for p in where.iterdir()
+              if p.is_dir() and (p / "__init__.py").exists() and not p.name.startswith("_")]
+    return [f"{package}.{n}" for n in sorted(names)]
+
+
+def api_page(package: str) -> str:
+    """MyST source of the API page of ``package``: autodoc of the package, then of each
+    public submodule (their members are not re-documented at the package level)."""
+    lines = [f"# `{package}`", "", "```{eval-rst}",
+             f".. automodule:: {package}", "   :no-members:", "```", ""]
+    for mod in _submodules(package):
+        lines += [f"## `{mod}`", "", "```{eval-rst}", f".. automodule:: {mod}", "```", ""]
+    return "\n".join(lines)
+
+
+def index_page(readme: str, nbs: list[pathlib.Path], docs: list[pathlib.Path]) -> str:
+    """The landing page: the README as it is on the repository's front page, with the
+    book's table of contents appended (hidden: it becomes the sidebar)."""
+    course = "\n".join(f"notebooks/{p.stem}" for p in nbs)
+    more = "\n".join(["api/index"] + [f"docs/{p.stem}" for p in docs])
+    return (readme.rstrip() + "\n\n"
+            "```{toctree}\n:hidden:\n:caption: The course\n\n" + course + "\n```\n\n"
+            "```{toctree}\n:hidden:\n:caption: Reference\n\n" + more + "\n```\n")
+
+
+def stage(src: pathlib.Path) -> pathlib.Path:
+    """Write the Sphinx sources under ``src`` (see the module docstring); returns ``src``."""
+    nbs = notebooks()
+    if not nbs:
+        raise SystemExit(f"no notebooks found under {ROOT / 'notebooks'}: nothing to build")
+    docs = sorted((ROOT / "docs").glob("*.md"))
+    _write(src / "index.md", index_page((ROOT / "README.md").read_text(), nbs, docs))
+    for p in nbs:
+        _copy(p, src / "notebooks" / p.name)
+    for p in docs:
+        _copy(p, src / "docs" / p.name)
+    api = ["# API reference", "",
+           "Generated from the docstrings of this checkout's `mlscale` (Sphinx autodoc).", "",
+           "```{toctree}", ":maxdepth: 1", ""] + API_PACKAGES + ["```", ""]
+    _write(src / "api" / "index.md", "\n".join(api))
+    for pkg in API_PACKAGES:
+        _write(src / "api" / f"{pkg}.md", api_page(pkg))
+    # pages left over from an earlier layout would still be built: remove them
+    wanted = {src / "index.md", src / "api" / "index.md"}
+    wanted |= {src / "notebooks" / p.name for p in nbs} | {src / "docs" / p.name for p in docs}
+    wanted |= {src / "api" / f"{pkg}.md" for pkg in API_PACKAGES}
+    for p in list(src.rglob("*.md")) + list(src.rglob("*.ipynb")):
+        if p not in wanted:
+            p.unlink()
+    return src
+
+
+def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = True) -> pathlib.Path:
+    """Stage the sources and run Sphinx (HTML builder); returns ``out/html``. Sphinx's
+    warnings go to ``out/warnings.txt``. Raises SystemExit with Sphinx's exit status and
+    the install hint where Sphinx or myst-nb is missing or the build fails."""
+    missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme")
+               if __import__("importlib.util").util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"the book needs {', '.join(missing)}: pip install -e \".[book]\"")
+    out = pathlib.Path(out).resolve()
+    src = stage(out / "src")
+    html = out / "html"
+    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-c", str(CONF_DIR),
+           "-d", str(out / "doctrees"), "-j", str(jobs), "-w", str(out / "warnings.txt"),
+           str(src), str(html)]
+    if quiet:
+        cmd.insert(3, "-q")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise SystemExit(f"sphinx-build failed (exit status {rc}); see {out / 'warnings.txt'}")
+    return html
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
+                    help="build folder (default build/book): html/, doctrees/, src/")
+    ap.add_argument("-j", "--jobs", default="auto", help="Sphinx worker processes (default auto)")
+    ap.add_argument("--stage-only", action="store_true", help="write the sources only")
+    ap.add_argument("-v", "--verbose", action="store_true", help="Sphinx's progress output")
+    args = ap.parse_args(argv)
+    if args.stage_only:
+        print(stage(pathlib.Path(args.out).resolve() / "src"))
+        return 0
+    t0 = time.perf_counter()
+    html = build(args.out, jobs=args.jobs, quiet=not args.verbose)
+    warnings = (pathlib.Path(args.out).resolve() / "warnings.txt")
+    n = len([l for l in warnings.read_text().splitlines() if "WARNING" in l]) if warnings.exists() else 0
+    print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}"
+          f" ({n} Sphinx warnings, {warnings})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
