@@ -41,6 +41,10 @@ API_PACKAGES = [
 ]
 
 
+class BookBuildError(RuntimeError):
+    """The book could not be built: what is missing or which step failed, and the fix."""
+
+
 def repository_url() -> str:
     """``[project.urls] Repository`` of pyproject.toml (the same URL the notebooks'
     set-up cell installs from: tools/setup_cell.py), the target of the launch buttons."""
@@ -103,7 +107,7 @@ def stage(src: pathlib.Path) -> pathlib.Path:
     """Write the Sphinx sources under ``src`` (see the module docstring); returns ``src``."""
     nbs = notebooks()
     if not nbs:
-        raise SystemExit(f"no notebooks found under {ROOT / 'notebooks'}: nothing to build")
+        raise BookBuildError(f"no notebooks found under {ROOT / 'notebooks'}: nothing to build")
     docs = sorted((ROOT / "docs").glob("*.md"))
     _write(src / "index.md", index_page((ROOT / "README.md").read_text(), nbs, docs))
     for p in nbs:
@@ -128,12 +132,12 @@ def stage(src: pathlib.Path) -> pathlib.Path:
 
 def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = True) -> pathlib.Path:
     """Stage the sources and run Sphinx (HTML builder); returns ``out/html``. Sphinx's
-    warnings go to ``out/warnings.txt``. Raises SystemExit with Sphinx's exit status and
-    the install hint where Sphinx or myst-nb is missing or the build fails."""
+    warnings go to ``out/warnings.txt``. Raises BookBuildError with the install hint where
+    Sphinx, myst-nb or the theme is missing, or with Sphinx's exit status."""
     missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme")
                if __import__("importlib.util").util.find_spec(m) is None]
     if missing:
-        raise SystemExit(f"the book needs {', '.join(missing)}: pip install -e \".[book]\"")
+        raise BookBuildError(f"the book needs {', '.join(missing)}: pip install -e \".[book]\"")
     out = pathlib.Path(out).resolve()
     src = stage(out / "src")
     html = out / "html"
@@ -146,7 +150,7 @@ def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = Tru
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
-        raise SystemExit(f"sphinx-build failed (exit status {rc}); see {out / 'warnings.txt'}")
+        raise BookBuildError(f"sphinx-build failed (exit status {rc}); see {out / 'warnings.txt'}")
     return html
 
 
@@ -162,11 +166,15 @@ def main(argv=None) -> int:
         print(stage(pathlib.Path(args.out).resolve() / "src"))
         return 0
     t0 = time.perf_counter()
-    html = build(args.out, jobs=args.jobs, quiet=not args.verbose)
+    try:
+        html = build(args.out, jobs=args.jobs, quiet=not args.verbose)
+    except BookBuildError as e:
+        raise SystemExit(f"make book: {e}") from None
     warnings = (pathlib.Path(args.out).resolve() / "warnings.txt")
-    n = len([l for l in warnings.read_text().splitlines() if "WARNING" in l]) if warnings.exists() else 0
+    n = sum(1 for line in warnings.read_text().splitlines() if " WARNING: " in line or " ERROR: " in line) \
+        if warnings.exists() else 0
     print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}"
-          f" ({n} Sphinx warnings, {warnings})")
+          f" (Sphinx reported {n} problems in the pages it rebuilt: {warnings})")
     return 0
 
 

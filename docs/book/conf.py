@@ -19,6 +19,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))            # autodoc imports this checkout's mlscale
 sys.path.insert(0, str(ROOT / "tools"))
 
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+
+from docutils import nodes  # noqa: E402
+
 from build_book import REPOSITORY_BRANCH, repository_url  # noqa: E402
 
 project = "mlscale"
@@ -28,7 +33,7 @@ copyright = "the mlscale authors, MIT licence"
 extensions = [
     "myst_nb",               # .md (MyST) and .ipynb sources; registers myst_parser itself
     "sphinx.ext.autodoc",
-    "sphinx.ext.viewcode",
+    "sphinx.ext.linkcode",   # "[source]" of every documented object: the file on the repository
 ]
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
@@ -61,3 +66,35 @@ html_theme_options = {
     },
     "show_toc_level": 2,
 }
+
+
+def linkcode_resolve(domain, info):
+    """The repository URL of a documented object's source lines (sphinx.ext.linkcode),
+    e.g. ``.../blob/main/mlscale/collectives/allreduce.py#L40-L75``; None where there is
+    no Python source to point at (data, builtins, objects made at run time)."""
+    if domain != "py" or not info.get("module"):
+        return None
+    try:
+        obj = importlib.import_module(info["module"])
+        for part in info["fullname"].split("."):
+            obj = getattr(obj, part)
+        obj = inspect.unwrap(obj)
+        path = pathlib.Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT)
+        lines, start = inspect.getsourcelines(obj)
+    except Exception:
+        return None
+    return (f"{repository_url()}/blob/{REPOSITORY_BRANCH}/{path.as_posix()}"
+            f"#L{start}-L{start + len(lines) - 1}")
+
+
+def _unlink_problematic(app, doctree, docname):
+    """A docstring that is not valid reST (``|x|`` read as a substitution, say) leaves a
+    "problematic" node linking to an error message Sphinx does not print: a broken
+    ``#id1`` link on the page. Keep its text, drop the link; the warning itself stays in
+    Sphinx's output (warnings.txt) so the docstring can be fixed."""
+    for node in list(doctree.findall(nodes.problematic)):
+        node.replace_self(nodes.inline("", node.astext(), ids=list(node["ids"])))
+
+
+def setup(app):
+    app.connect("doctree-resolved", _unlink_problematic)
