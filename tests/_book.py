@@ -36,7 +36,7 @@ def built_html() -> pathlib.Path:
     """Build the book (once per session) and return its ``html`` folder."""
     out = pathlib.Path(os.environ.get("MLSCALE_BOOK_OUT") or build_book.DEFAULT_OUT)
     if str(out) not in _BUILT:
-        _BUILT[str(out)] = build_book.build(out, jobs="1")
+        _BUILT[str(out)] = build_book.build(out, jobs="1", silent=True)
     return _BUILT[str(out)]
 
 
@@ -68,6 +68,7 @@ class Page(html.parser.HTMLParser):
         super().__init__(convert_charrefs=True)
         self.ids: set[str] = set()
         self.links: list[tuple[str, str]] = []        # (tag, url)
+        self.anchors: list[dict] = []                 # the attributes of every <a>
         self.output_images: list[str] = []           # src of <img> in a .cell_output
         self.headings: dict[str, list[str]] = {"h1": [], "h2": []}
         self._stack: list[tuple[str, bool]] = []      # (tag, inside a cell output)
@@ -88,6 +89,8 @@ class Page(html.parser.HTMLParser):
         url = a.get("href") if tag in ("a", "link") else a.get("src") if tag in ("img", "script") else None
         if url:
             self.links.append((tag, url))
+        if tag == "a":
+            self.anchors.append(a)
         if tag == "img" and inside and a.get("src"):
             self.output_images.append(a["src"])
         if tag in self.headings:

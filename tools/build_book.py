@@ -84,10 +84,12 @@ def _submodules(package: str) -> list[str]:
 
 
 def api_page(package: str) -> str:
-    """MyST source of the API page of ``package``: autodoc of the package, then of each
-    public submodule (their members are not re-documented at the package level)."""
-    lines = [f"# `{package}`", "", "```{eval-rst}",
-             f".. automodule:: {package}", "   :no-members:", "```", ""]
+    """MyST source of the API page of ``package``: autodoc of the package's docstring, then
+    of each public submodule with its members (so nothing is documented twice); a plain
+    module (``mlscale.serving``) is documented whole."""
+    is_package = (ROOT / package.replace(".", "/") / "__init__.py").exists()
+    lines = [f"# `{package}`", "", "```{eval-rst}", f".. automodule:: {package}"]
+    lines += ["   :no-members:", "```", ""] if is_package else ["```", ""]
     for mod in _submodules(package):
         lines += [f"## `{mod}`", "", "```{eval-rst}", f".. automodule:: {mod}", "```", ""]
     return "\n".join(lines)
@@ -130,9 +132,10 @@ def stage(src: pathlib.Path) -> pathlib.Path:
     return src
 
 
-def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = True) -> pathlib.Path:
+def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = True,
+          silent: bool = False) -> pathlib.Path:
     """Stage the sources and run Sphinx (HTML builder); returns ``out/html``. Sphinx's
-    warnings go to ``out/warnings.txt``. Raises BookBuildError with the install hint where
+    warnings go to ``out/warnings.txt`` (and to stderr unless ``silent``). Raises BookBuildError with the install hint where
     Sphinx, myst-nb or the theme is missing, or with Sphinx's exit status."""
     missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme")
                if __import__("importlib.util").util.find_spec(m) is None]
@@ -144,8 +147,8 @@ def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = Tru
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-c", str(CONF_DIR),
            "-d", str(out / "doctrees"), "-j", str(jobs), "-w", str(out / "warnings.txt"),
            str(src), str(html)]
-    if quiet:
-        cmd.insert(3, "-q")
+    if quiet or silent:
+        cmd.insert(3, "-Q" if silent else "-q")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     rc = subprocess.call(cmd, env=env)
