@@ -66,6 +66,8 @@ html_theme_options = {
     },
     "show_toc_level": 2,
 }
+# light or dark as the reader's system says (without it the theme logs an error on a first visit)
+html_context = {"default_mode": "auto"}
 
 
 def linkcode_resolve(domain, info):
