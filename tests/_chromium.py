@@ -30,7 +30,7 @@ INSTALL_HINT = ("apt install chromium (Debian/Ubuntu), or set MLSCALE_CHROMIUM t
 def find_chromium() -> str | None:
     """$MLSCALE_CHROMIUM, else the first of chromium, chromium-browser, google-chrome on PATH."""
     if os.environ.get("MLSCALE_CHROMIUM"):
-        return shutil.which(os.environ["MLSCALE_CHROMIUM"]) or os.environ["MLSCALE_CHROMIUM"]
+        return shutil.which(os.environ["MLSCALE_CHROMIUM"])   # None: not an executable
     for name in EXECUTABLES:
         if shutil.which(name):
             return shutil.which(name)
@@ -103,7 +103,6 @@ class Chromium:
         self = cls(proc, ws, workdir)
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
-        self.send("Network.setCacheDisabled", cacheDisabled=True)
         # the page's viewport is exactly width x height (the window's frame takes some of it)
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
                   deviceScaleFactor=1, mobile=False)
@@ -204,7 +203,7 @@ class Chromium:
             self.pump(every)
 
     # -- what the tests use ---------------------------------------------------------------
-    def visit(self, url, settle=0.3, timeout=30.0) -> Visit:
+    def visit(self, url, settle=0.1, timeout=30.0) -> Visit:
         """Load ``url``, wait for its load event and ``settle`` seconds more, and report
         what went wrong on the way (a Visit)."""
         self.events.clear()
