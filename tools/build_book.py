@@ -3,6 +3,7 @@
     python tools/build_book.py                   # -> build/book/html/index.html
     python tools/build_book.py --out /tmp/book   # elsewhere (html/, doctrees/, src/ under it)
     python tools/build_book.py --stage-only      # write the Sphinx sources, build nothing
+    python tools/build_book.py -v                # with Sphinx's progress and warnings
 
 Sphinx + myst-nb + sphinx-book-theme (why: docs/book/conf.py). The notebooks are *not*
 executed: the pages show the outputs stored in notebooks/*.ipynb (``make test`` checks them
@@ -132,7 +133,7 @@ def stage(src: pathlib.Path) -> pathlib.Path:
     return src
 
 
-def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = True,
+def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "1", quiet: bool = True,
           silent: bool = False) -> pathlib.Path:
     """Stage the sources and run Sphinx (HTML builder); returns ``out/html``. Sphinx's
     warnings go to ``out/warnings.txt`` (and to stderr unless ``silent``). Raises BookBuildError with the install hint where
@@ -153,7 +154,10 @@ def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "auto", quiet: bool = Tru
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
-        raise BookBuildError(f"sphinx-build failed (exit status {rc}); see {out / 'warnings.txt'}")
+        log = out / "warnings.txt"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+        raise BookBuildError(f"sphinx-build failed (exit status {rc}); the end of {log}:\n{tail}\n"
+                             "(python tools/build_book.py -v shows Sphinx's own output)")
     return html
 
 
@@ -161,23 +165,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
                     help="build folder (default build/book): html/, doctrees/, src/")
-    ap.add_argument("-j", "--jobs", default="auto", help="Sphinx worker processes (default auto)")
+    ap.add_argument("-j", "--jobs", default="1",
+                    help="Sphinx worker processes (default 1: on 2 cores, 'auto' took twice as long)")
     ap.add_argument("--stage-only", action="store_true", help="write the sources only")
-    ap.add_argument("-v", "--verbose", action="store_true", help="Sphinx's progress output")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="Sphinx's progress output and warnings (by default they go to warnings.txt only)")
     args = ap.parse_args(argv)
     if args.stage_only:
         print(stage(pathlib.Path(args.out).resolve() / "src"))
         return 0
     t0 = time.perf_counter()
     try:
-        html = build(args.out, jobs=args.jobs, quiet=not args.verbose)
+        html = build(args.out, jobs=args.jobs, quiet=not args.verbose, silent=not args.verbose)
     except BookBuildError as e:
         raise SystemExit(f"make book: {e}") from None
     warnings = (pathlib.Path(args.out).resolve() / "warnings.txt")
     n = sum(1 for line in warnings.read_text().splitlines() if " WARNING: " in line or " ERROR: " in line) \
         if warnings.exists() else 0
-    print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}"
-          f" (Sphinx reported {n} problems in the pages it rebuilt: {warnings})")
+    print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")
+    if n:
+        print(f"  Sphinx reported {n} problems in the pages it (re)built, most of them docstrings"
+              f" that are not valid reStructuredText: {warnings}")
     return 0
 
 
