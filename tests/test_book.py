@@ -174,6 +174,7 @@ def test_launch_buttons_open_this_notebook(site, nb):
     assert (ROOT / path).is_file() and (ROOT / "binder").is_dir()
     buttons = {a.get("title"): a["href"] for a in page(site, f"notebooks/{nb.stem}.html").anchors
                if (a.get("title") or "").startswith("Launch on")}
+    assert buttons == {f"Launch on {k}": v for k, v in build_book.launch_urls(path).items()}
     assert buttons == {
         "Launch on Binder": f"https://mybinder.org/v2/gh/{owner}/{repo}/{build_book.REPOSITORY_BRANCH}"
                             f"?urlpath=lab/tree/{path}",
@@ -182,12 +183,20 @@ def test_launch_buttons_open_this_notebook(site, nb):
     }
 
 
+def test_the_landing_page_launches_the_course(site):
+    hrefs = [a.get("href") for a in page(site, "index.html").anchors]
+    for url in build_book.launch_urls(f"notebooks/{NOTEBOOKS[0].name}").values():
+        assert url in hrefs
+
+
 def test_staged_sources_mirror_the_repository(site):
     """The Sphinx sources are the repository's files, copied: the README (plus the hidden
     table of contents) is index.md, the notebooks are byte for byte the stored ones."""
     src = site.parent / "src"
-    index = (src / "index.md").read_text()
-    assert index.startswith((ROOT / "README.md").read_text().rstrip())
+    index = (src / "index.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text().rstrip().splitlines()
+    assert index[0] == readme[0] == "# mlscale" and index[1] == "" and index[2].startswith("*Run the course:*")
+    assert index[3:3 + len(readme) - 1] == readme[1:]
     for nb in NOTEBOOKS:
         assert (src / "notebooks" / nb.name).read_bytes() == nb.read_bytes()
     assert sorted(p.name for p in (src / "notebooks").glob("*.ipynb")) == [p.name for p in NOTEBOOKS]

@@ -9,7 +9,8 @@ Sphinx + myst-nb + sphinx-book-theme (why: docs/book/conf.py). The notebooks are
 executed: the pages show the outputs stored in notebooks/*.ipynb (``make test`` checks them
 with nbval). The sources are staged under ``<out>/src`` in the repository's own layout:
 
-    src/index.md            README.md, with the book's table of contents appended (hidden)
+    src/index.md            README.md, with launch links under its title and the book's
+                            table of contents appended (hidden)
     src/notebooks/*.ipynb   the course, one page each, with launch buttons (Binder, Colab)
     src/docs/*.md           docs/benchmarks.md and the other pages of docs/
     src/api/*.md            the API reference, one page per subpackage, from the docstrings
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "docs" / "book"
@@ -96,12 +98,30 @@ def api_page(package: str) -> str:
     return "\n".join(lines)
 
 
+def launch_urls(notebook: str) -> dict[str, str]:
+    """Binder and Colab URLs that open ``notebook`` (a path in the repository) of the
+    repository's ``main``: the links sphinx-book-theme's launch buttons build."""
+    owner, repo = urllib.parse.urlsplit(repository_url()).path.strip("/").split("/")[:2]
+    return {
+        "Binder": f"https://mybinder.org/v2/gh/{owner}/{repo}/{REPOSITORY_BRANCH}?urlpath=lab/tree/{notebook}",
+        "Colab": f"https://colab.research.google.com/github/{owner}/{repo}/blob/{REPOSITORY_BRANCH}/{notebook}",
+    }
+
+
 def index_page(readme: str, nbs: list[pathlib.Path], docs: list[pathlib.Path]) -> str:
-    """The landing page: the README as it is on the repository's front page, with the
-    book's table of contents appended (hidden: it becomes the sidebar)."""
+    """The landing page: the README as it is on the repository's front page, with a line
+    under its title that launches the first notebook on Binder or Colab (the theme puts
+    launch buttons on notebook pages only), and the book's table of contents appended
+    (hidden: it becomes the sidebar)."""
     course = "\n".join(f"notebooks/{p.stem}" for p in nbs)
     more = "\n".join(["api/index"] + [f"docs/{p.stem}" for p in docs])
-    return (readme.rstrip() + "\n\n"
+    urls = launch_urls(f"notebooks/{nbs[0].name}")
+    launch = (f"*Run the course:* [on Binder]({urls['Binder']}) (CPU) ·"
+              f" [on Colab]({urls['Colab']}) (one GPU) · or `make lab` on your machine.")
+    lines = readme.rstrip().splitlines()
+    title = next((i for i, line in enumerate(lines) if line.startswith("# ")), -1)
+    lines[title + 1:title + 1] = ["", launch]
+    return ("\n".join(lines) + "\n\n"
             "```{toctree}\n:hidden:\n:caption: The course\n\n" + course + "\n```\n\n"
             "```{toctree}\n:hidden:\n:caption: Reference\n\n" + more + "\n```\n")
 
