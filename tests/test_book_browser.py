@@ -63,14 +63,19 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def _serve(folder):
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) from a thread: (server, base URL)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
 @pytest.fixture(scope="module")
 def site():
     html = _book.built_html()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, base = _serve(html)
     try:
-        yield html, f"http://127.0.0.1:{server.server_address[1]}/"
+        yield html, base
     finally:
         server.shutdown()
         server.server_close()
@@ -117,12 +122,6 @@ def crawl(site, browser, shots):
         }
         browser.screenshot(shots / (rel.replace("/", "__").removesuffix(".html") + ".png"))
     return pages
-
-
-def _serve(folder):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
 def test_the_browser_checks_can_fail(browser, tmp_path):
@@ -232,12 +231,6 @@ def test_the_ring_animation_plays(site, browser, shots):
     assert browser.evaluate(ANIM_JS)["frame"] == before["frame"]
     shot_before = browser.screenshot(shots / "ring_animation_0_before_play.png")
     # a real click on the player's Play button (its centre, in viewport coordinates)
-    box = browser.evaluate("""(() => { const id = document.querySelector('img[id^="_anim_img"]').id.slice(9);
-        const b = Array.from(document.querySelectorAll('button[title="Play"]'))
-                       .find(b => (b.getAttribute('onclick') || '').includes('anim' + id + '.'));
-        b.scrollIntoView({block: 'center'}); const r = b.getBoundingClientRect();
-        return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()""")
-    browser.evaluate("document.querySelector('img[id^=\"_anim_img\"]').scrollIntoView({block: 'start'})")
     box = browser.evaluate("""(() => { const id = document.querySelector('img[id^="_anim_img"]').id.slice(9);
         const b = Array.from(document.querySelectorAll('button[title="Play"]'))
                        .find(b => (b.getAttribute('onclick') || '').includes('anim' + id + '.'));

@@ -22,6 +22,7 @@ incremental (Sphinx compares modification times).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -158,8 +159,7 @@ def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "1", quiet: bool = True,
     """Stage the sources and run Sphinx (HTML builder); returns ``out/html``. Sphinx's
     warnings go to ``out/warnings.txt`` (and to stderr unless ``silent``). Raises BookBuildError with the install hint where
     Sphinx, myst-nb or the theme is missing, or with Sphinx's exit status."""
-    missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme")
-               if __import__("importlib.util").util.find_spec(m) is None]
+    missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme") if importlib.util.find_spec(m) is None]
     if missing:
         raise BookBuildError(f"the book needs {', '.join(missing)}: pip install -e \".[book]\"")
     out = pathlib.Path(out).resolve()
