@@ -36,13 +36,25 @@ CONF_DIR = ROOT / "docs" / "book"
 DEFAULT_OUT = ROOT / "build" / "book"
 REPOSITORY_BRANCH = "main"
 
-# the API reference: one page per subpackage (its docstring, then each public submodule)
-API_PACKAGES = [
-    "mlscale.comm", "mlscale.collectives", "mlscale.ops", "mlscale.nn", "mlscale.data",
-    "mlscale.train", "mlscale.parallel", "mlscale.decentralized", "mlscale.federated",
-    "mlscale.compress", "mlscale.serving", "mlscale.meta", "mlscale.check", "mlscale.viz",
-    "mlscale.bench", "mlscale.doctor",
-]
+# the API reference: one page per subpackage (its docstring, then each public submodule),
+# the ones the course is about first, then every other public package or module of mlscale
+API_FIRST = ["mlscale.comm", "mlscale.collectives", "mlscale.ops", "mlscale.nn", "mlscale.data",
+             "mlscale.train", "mlscale.parallel", "mlscale.decentralized", "mlscale.federated",
+             "mlscale.compress", "mlscale.serving", "mlscale.check", "mlscale.viz"]
+API_SKIP = {"mlscale.cli"}   # the command line: `mlscale --help`
+
+
+def api_packages(root: pathlib.Path = ROOT) -> list[str]:
+    """The pages of the API reference: API_FIRST, then the other public subpackages and
+    modules found under mlscale/, sorted (a new one gets its page without an edit here)."""
+    found = {f"mlscale.{p.stem}" for p in (root / "mlscale").glob("*.py") if not p.stem.startswith("_")}
+    found |= {f"mlscale.{p.name}" for p in (root / "mlscale").iterdir()
+              if (p / "__init__.py").exists() and not p.name.startswith("_")}
+    found -= API_SKIP
+    return [m for m in API_FIRST if m in found] + sorted(found - set(API_FIRST))
+
+
+API_PACKAGES = api_packages()
 
 
 class BookBuildError(RuntimeError):
