@@ -36,7 +36,7 @@ def built_html() -> pathlib.Path:
     """Build the book (once per session) and return its ``html`` folder."""
     out = pathlib.Path(os.environ.get("MLSCALE_BOOK_OUT") or build_book.DEFAULT_OUT)
     if str(out) not in _BUILT:
-        _BUILT[str(out)] = build_book.build(out, jobs="1", silent=True)
+        _BUILT[str(out)] = build_book.build(out)
     return _BUILT[str(out)]
 
 

@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -166,30 +167,33 @@ def stage(src: pathlib.Path) -> pathlib.Path:
     return src
 
 
-def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "1", quiet: bool = True,
-          silent: bool = False) -> pathlib.Path:
+def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "1", verbose: bool = False) -> pathlib.Path:
     """Stage the sources and run Sphinx (HTML builder); returns ``out/html``. Sphinx's
-    warnings go to ``out/warnings.txt`` (and to stderr unless ``silent``). Raises BookBuildError with the install hint where
-    Sphinx, myst-nb or the theme is missing, or with Sphinx's exit status."""
+    warnings and errors go to ``out/sphinx.log`` (with ``verbose``, its progress and
+    warnings to the terminal as well). Raises BookBuildError with the install hint where
+    Sphinx, myst-nb or the theme is missing, or with Sphinx's exit status and last lines."""
     missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme") if importlib.util.find_spec(m) is None]
     if missing:
         raise BookBuildError(f"the book needs {', '.join(missing)}: pip install -e \".[book]\"")
     out = pathlib.Path(out).resolve()
     src = stage(out / "src")
     html = out / "html"
+    log = out / "sphinx.log"
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-c", str(CONF_DIR),
-           "-d", str(out / "doctrees"), "-j", str(jobs), "-w", str(out / "warnings.txt"),
-           str(src), str(html)]
-    if quiet or silent:
-        cmd.insert(3, "-Q" if silent else "-q")
+           "-d", str(out / "doctrees"), "-j", str(jobs), str(src), str(html)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    rc = subprocess.call(cmd, env=env)
+    if verbose:
+        rc = subprocess.call(cmd[:3] + ["-w", str(log)] + cmd[3:], env=env)
+    else:   # -q: no progress; what Sphinx writes on stderr (warnings, a traceback) goes to the log
+        with open(log, "w") as f:
+            rc = subprocess.call(cmd[:3] + ["-q"] + cmd[3:], env=env, stdout=subprocess.DEVNULL, stderr=f)
     if rc != 0:
-        log = out / "warnings.txt"
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
-        raise BookBuildError(f"sphinx-build failed (exit status {rc}); the end of {log}:\n{tail}\n"
-                             "(python tools/build_book.py -v shows Sphinx's own output)")
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        errors = [line.strip() for line in lines if re.search(r"\w(Error|Exception)\b|ERROR", line)]
+        raise BookBuildError(f"sphinx-build failed (exit status {rc}): "
+                             + "\n  ".join(errors[-4:] or lines[-10:]) + f"\n(all of it: {log}; "
+                             "python tools/build_book.py -v shows Sphinx's own output)")
     return html
 
 
@@ -201,17 +205,17 @@ def main(argv=None) -> int:
                     help="Sphinx worker processes (default 1: on 2 cores, 'auto' took twice as long)")
     ap.add_argument("--stage-only", action="store_true", help="write the sources only")
     ap.add_argument("-v", "--verbose", action="store_true",
-                    help="Sphinx's progress output and warnings (by default they go to warnings.txt only)")
+                    help="Sphinx's progress output and warnings (by default they go to <out>/sphinx.log only)")
     args = ap.parse_args(argv)
     if args.stage_only:
         print(stage(pathlib.Path(args.out).resolve() / "src"))
         return 0
     t0 = time.perf_counter()
     try:
-        html = build(args.out, jobs=args.jobs, quiet=not args.verbose, silent=not args.verbose)
+        html = build(args.out, jobs=args.jobs, verbose=args.verbose)
     except BookBuildError as e:
         raise SystemExit(f"make book: {e}") from None
-    warnings = (pathlib.Path(args.out).resolve() / "warnings.txt")
+    warnings = (pathlib.Path(args.out).resolve() / "sphinx.log")
     n = sum(1 for line in warnings.read_text().splitlines() if " WARNING: " in line or " ERROR: " in line) \
         if warnings.exists() else 0
     print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")

@@ -93,7 +93,7 @@ def _unlink_problematic(app, doctree, docname):
     """A docstring that is not valid reST (``|x|`` read as a substitution, say) leaves a
     "problematic" node linking to an error message Sphinx does not print: a broken
     ``#id1`` link on the page. Keep its text, drop the link; the warning itself stays in
-    Sphinx's output (warnings.txt) so the docstring can be fixed."""
+    Sphinx's output (sphinx.log) so the docstring can be fixed."""
     for node in list(doctree.findall(nodes.problematic)):
         node.replace_self(nodes.inline("", node.astext(), ids=list(node["ids"])))
 
