@@ -105,10 +105,10 @@ def api_page(package: str) -> str:
     of each public submodule with its members (so nothing is documented twice); a plain
     module (``mlscale.serving``) is documented whole."""
     is_package = (ROOT / package.replace(".", "/") / "__init__.py").exists()
-    lines = [f"# `{package}`", "", "```{eval-rst}", f".. automodule:: {package}"]
+    lines = [f"# {package}", "", "```{eval-rst}", f".. automodule:: {package}"]
     lines += ["   :no-members:", "```", ""] if is_package else ["```", ""]
     for mod in _submodules(package):
-        lines += [f"## `{mod}`", "", "```{eval-rst}", f".. automodule:: {mod}", "```", ""]
+        lines += [f"## {mod}", "", "```{eval-rst}", f".. automodule:: {mod}", "```", ""]
     return "\n".join(lines)
 
 

@@ -49,6 +49,7 @@ suppress_warnings = ["myst.header", "misc.highlighting_failure"]
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+add_module_names = False     # "ring(comm, x, op)" under its module's heading, not the full path
 
 html_theme = "sphinx_book_theme"
 html_title = "mlscale: distributed machine learning you can run"
