@@ -1,18 +1,20 @@
 # make lab   : creates .venv on first use, installs mlscale with the course extras, starts JupyterLab
 # make test  : same environment, the whole test suite, then the notebooks (nbval) under
 #              one thread and each OpenBLAS kernel family the CPU runs (make test-notebooks)
+# make book  : the course as a static website, build/book/html/index.html (the stored outputs,
+#              nothing re-executed); tests/test_book*.py check it (make test-book)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: lab test test-python test-notebooks test-fast bench doctor clean
+.PHONY: lab test test-python test-notebooks test-fast test-book book bench doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[lab,mpi,dev]"
+	$(PY) -m pip install -q -e ".[lab,mpi,dev,book]"
 	@# torch (CPU) for the torch engine's tests (tests/test_torch.py): best effort, they skip without it
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" \
 	  || echo "torch not installed: tests/test_torch.py will skip (pip install 'mlscale[torch]')"
@@ -44,6 +46,14 @@ test-notebooks: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x tests
+
+# Sphinx + myst-nb + sphinx-book-theme (why: docs/book/conf.py); incremental after the first build
+book: $(STAMP)
+	$(PY) tools/build_book.py
+
+# the site without a browser, then in headless Chromium (skipped, saying how to install it, without)
+test-book: $(STAMP)
+	$(PY) -m pytest -q -ra tests/test_book.py tests/test_book_browser.py -p no:cacheprovider
 
 doctor: $(STAMP)
 	$(VENV)/bin/mlscale doctor

@@ -1,0 +1,103 @@
+"""Sphinx configuration of the course as a website (``make book``; tools/build_book.py).
+
+Sphinx + myst-nb + sphinx-book-theme: the stack Jupyter Book 1 is built from, used
+directly. All three are pure-Python pip packages (Jupyter Book 2 needs Node.js for its
+``mystmd`` engine); Sphinx brings autodoc, which turns the library's docstrings into the
+API reference, and a client-side search index; myst-nb reads the notebooks with their
+stored outputs (``nb_execution_mode = "off"``: the book never runs a notebook, ``make
+test`` does); the book theme draws the Binder and Colab launch buttons of every notebook
+page. tools/build_book.py stages the sources (README as ``index``, the notebooks, the
+generated API pages) in the same layout as the repository, so relative links and the
+launch buttons' notebook paths are those of the repository.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))            # autodoc imports this checkout's mlscale
+sys.path.insert(0, str(ROOT / "tools"))
+
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+
+from docutils import nodes  # noqa: E402
+
+from build_book import REPOSITORY_BRANCH, repository_url  # noqa: E402
+
+project = "mlscale"
+author = "the mlscale authors"
+copyright = "the mlscale authors, MIT licence"
+
+extensions = [
+    "myst_nb",               # .md (MyST) and .ipynb sources; registers myst_parser itself
+    "sphinx.ext.autodoc",
+    "sphinx.ext.linkcode",   # "[source]" of every documented object: the file on the repository
+]
+root_doc = "index"
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+
+# the notebooks are executed by tools/execute_notebooks.py and checked by nbval; the book
+# shows the stored outputs as they are
+nb_execution_mode = "off"
+nb_merge_streams = True
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_heading_anchors = 3
+suppress_warnings = ["myst.header", "misc.highlighting_failure"]
+
+autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": True}
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+add_module_names = False     # "ring(comm, x, op)" under its module's heading, not the full path
+
+html_theme = "sphinx_book_theme"
+html_title = "mlscale: distributed machine learning you can run"
+html_static_path: list[str] = []
+html_theme_options = {
+    "repository_url": repository_url(),
+    "repository_branch": REPOSITORY_BRANCH,
+    "path_to_docs": "",                  # the staged sources mirror the repository
+    "use_repository_button": True,
+    "use_download_button": True,
+    "launch_buttons": {
+        "binderhub_url": "https://mybinder.org",
+        "colab_url": "https://colab.research.google.com",
+        "notebook_interface": "jupyterlab",
+    },
+    "show_toc_level": 2,
+}
+# light or dark as the reader's system says (without it the theme logs an error on a first visit)
+html_context = {"default_mode": "auto"}
+
+
+def linkcode_resolve(domain, info):
+    """The repository URL of a documented object's source lines (sphinx.ext.linkcode),
+    e.g. ``.../blob/main/mlscale/collectives/allreduce.py#L40-L75``; None where there is
+    no Python source to point at (data, builtins, objects made at run time)."""
+    if domain != "py" or not info.get("module"):
+        return None
+    try:
+        obj = importlib.import_module(info["module"])
+        for part in info["fullname"].split("."):
+            obj = getattr(obj, part)
+        obj = inspect.unwrap(obj)
+        path = pathlib.Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT)
+        lines, start = inspect.getsourcelines(obj)
+    except Exception:
+        return None
+    return (f"{repository_url()}/blob/{REPOSITORY_BRANCH}/{path.as_posix()}"
+            f"#L{start}-L{start + len(lines) - 1}")
+
+
+def _unlink_problematic(app, doctree, docname):
+    """A docstring that is not valid reST (``|x|`` read as a substitution, say) leaves a
+    "problematic" node linking to an error message Sphinx does not print: a broken
+    ``#id1`` link on the page. Keep its text, drop the link; the warning itself stays in
+    Sphinx's output (sphinx.log) so the docstring can be fixed."""
+    for node in list(doctree.findall(nodes.problematic)):
+        node.replace_self(nodes.inline("", node.astext(), ids=list(node["ids"])))
+
+
+def setup(app):
+    app.connect("doctree-resolved", _unlink_problematic)

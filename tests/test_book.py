@@ -1,0 +1,221 @@
+"""The course as a website (``make book``: tools/build_book.py, docs/book/conf.py), checked
+without a browser: the HTML Sphinx wrote, parsed with the standard library.
+
+    PYTHONPATH=$PWD python -m pytest -q tests/test_book.py
+
+The book is built once per session into build/book (incremental: seconds when nothing
+changed; about 30 s from scratch on 2 cores), or into $MLSCALE_BOOK_OUT. Skips, saying
+what to install, without Sphinx, myst-nb or sphinx-book-theme (``pip install -e ".[book]"``).
+The browser's view of the same site: tests/test_book_browser.py.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+import urllib.parse
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _book  # noqa: E402
+from _book import ROOT, Page, build_book  # noqa: E402
+
+if _book.missing_deps():
+    pytest.skip(f"the book needs {', '.join(_book.missing_deps())}: pip install -e \".[book]\"",
+                allow_module_level=True)
+
+NOTEBOOKS = build_book.notebooks()
+
+
+@pytest.fixture(scope="module")
+def site() -> pathlib.Path:
+    return _book.built_html()
+
+
+def page(site, rel) -> Page:
+    f = site / rel
+    assert f.is_file(), f"{rel} is not in the built site {site}"
+    return Page(f.read_text())
+
+
+def test_the_notebooks_are_the_course():
+    """notebooks/NN_*.ipynb, in the order of their numbers (a number may be missing)."""
+    assert len(NOTEBOOKS) >= 14 and NOTEBOOKS[0].name == "00_welcome.ipynb"
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == sorted(set(numbers))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_notebook_has_its_page_with_its_figures(site, nb):
+    p = page(site, f"notebooks/{nb.stem}.html")
+    assert set(p.headings["h1"]) == {_book.notebook_title(nb)}
+    # every image output of the stored notebook is an <img> of a file Sphinx wrote
+    figures = [s for s in p.output_images if s.startswith("../_images/")]
+    assert len(figures) == _book.notebook_image_outputs(nb), (nb.name, figures)
+    assert len(set(figures)) == len(figures)
+    for src in figures:
+        f = (site / "notebooks" / src).resolve()
+        assert f.is_file() and f.stat().st_size > 1000, src
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+
+
+def test_the_book_does_not_execute_the_notebooks(site):
+    """The pages show the stored outputs, not new ones: the progress bars' widget model ids
+    (random, new at every run) on the pages are those stored in the notebooks, and so is
+    the last line each notebook printed."""
+    import html
+    checked = 0
+    for nb_path in NOTEBOOKS:
+        nb = json.loads(nb_path.read_text())
+        text = (site / f"notebooks/{nb_path.stem}.html").read_text()
+        ids = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+               for c in nb["cells"] for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        for model_id in ids:
+            assert model_id in text, (nb_path.name, model_id)
+        stored = [line.strip() for c in nb["cells"] for o in c.get("outputs", [])
+                  if o.get("output_type") == "stream"
+                  for line in "".join(o["text"]).splitlines() if line.strip()]
+        assert stored and html.escape(stored[-1], quote=False) in text, nb_path.name
+        checked += len(ids)
+    assert checked >= 10
+
+
+def test_the_ring_animation_is_on_the_collectives_page(site):
+    """Notebook 02 stores the ring all-reduce as a matplotlib JS animation (text/html);
+    the page carries it whole: its frames and its player."""
+    nb = json.loads((ROOT / "notebooks/02_collectives.ipynb").read_text())
+    anims = [("".join(o["data"]["text/html"])) for c in nb["cells"] for o in c.get("outputs", [])
+             if "text/html" in o.get("data", {}) and "new Animation(" in "".join(o["data"]["text/html"])]
+    assert len(anims) == 1
+    img_id = re.search(r'id="(_anim_img\w+)"', anims[0]).group(1)
+    nframes = anims[0].count("frames[")
+    text = (site / "notebooks/02_collectives.html").read_text()
+    assert f'id="{img_id}"' in text and text.count("frames[") == nframes > 10
+
+
+def test_the_readme_is_the_landing_page(site):
+    p = page(site, "index.html")
+    readme = (ROOT / "README.md").read_text()
+    assert set(p.headings["h1"]) == {re.search(r"^# (.+)$", readme, re.M).group(1)}
+    sections = re.findall(r"^## (.+)$", readme, re.M)
+    shown = [h.replace("\u2019", "'") for h in p.headings["h2"] if h != "Contents"]  # smartquotes
+    assert sections and shown == [re.sub(r"[`*]", "", s).strip() for s in sections]
+    # the sidebar lists the course, in order, from the landing page
+    hrefs = [a["href"] for a in p.anchors if a.get("href", "").startswith("notebooks/")]
+    firsts = list(dict.fromkeys(urllib.parse.urlsplit(h).path for h in hrefs))
+    assert firsts == [f"notebooks/{nb.stem}.html" for nb in NOTEBOOKS]
+
+
+def test_every_internal_link_resolves(site):
+    pages = _book.site_pages(site)
+    assert len(pages) >= len(NOTEBOOKS) + len(build_book.API_PACKAGES) + 3
+    assert _book.broken_links(site) == []
+
+
+def test_the_link_checker_finds_broken_links(tmp_path):
+    """The checker above can fail: a missing page, a missing anchor, a missing image."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "index.html").write_text(
+        '<p id="top"><a href="a/b.html#here">ok</a> <a href="a/b.html#gone">no anchor</a>'
+        ' <a href="missing.html">no page</a> <img src="_images/x.png">'
+        ' <a href="https://example.org/x.html">external</a> <a href="#top">self</a>'
+        ' <a href="#">button</a></p>')
+    (tmp_path / "a" / "b.html").write_text('<h2 id="here">b</h2><a href="../index.html#top">up</a>')
+    bad = _book.broken_links(tmp_path)
+    assert len(bad) == 3, bad
+    assert any("no id 'gone'" in b for b in bad)
+    assert any("missing.html does not exist" in b for b in bad)
+    assert any("_images/x.png does not exist" in b for b in bad)
+
+
+def test_the_api_reference_covers_the_library():
+    assert build_book.API_PACKAGES[:3] == ["mlscale.comm", "mlscale.collectives", "mlscale.ops"]
+    for name in ("mlscale.parallel", "mlscale.train", "mlscale.nn", "mlscale.doctor", "mlscale.bench"):
+        assert name in build_book.API_PACKAGES
+    assert "mlscale.cli" not in build_book.API_PACKAGES
+    assert len(set(build_book.API_PACKAGES)) == len(build_book.API_PACKAGES)
+
+
+@pytest.mark.parametrize("package", build_book.API_PACKAGES)
+def test_the_api_reference_has_a_page_per_package(site, package):
+    p = page(site, f"api/{package}.html")
+    assert set(p.headings["h1"]) == {package}
+    documented = {i for i in p.ids if i.startswith(package + ".")}
+    assert documented, f"{package}: no object documented"
+
+
+def test_the_api_reference_documents_the_main_objects(site):
+    """Objects the course uses, each documented from its docstring, with a link to its
+    source lines on the repository."""
+    for package, name in [
+        ("mlscale.comm", "mlscale.comm.launch.launch"),
+        ("mlscale.comm", "mlscale.comm.base.Communicator.all_reduce"),
+        ("mlscale.collectives", "mlscale.collectives.allreduce.ring"),
+        ("mlscale.parallel", "mlscale.parallel.fsdp.FSDP"),
+        ("mlscale.nn", "mlscale.nn.transformer.GPT"),
+    ]:
+        text = (site / f"api/{package}.html").read_text()
+        assert f'id="{name}"' in text, name
+    import inspect
+    import mlscale.collectives.allreduce as ar
+    first = ar.ring.__doc__.strip().split()[0]
+    section = (site / "api/mlscale.collectives.html").read_text().split('id="mlscale.collectives.allreduce.ring"')[1]
+    assert first in section[:4000]
+    line = inspect.getsourcelines(ar.ring)[1]
+    assert f"mlscale/collectives/allreduce.py#L{line}-" in section[:4000]
+
+
+def test_search_index_covers_every_page(site):
+    text = (site / "searchindex.js").read_text()
+    assert text.startswith("Search.setIndex(")
+    index = json.loads(text[len("Search.setIndex("):].rstrip().rstrip(";").rstrip(")"))
+    docnames = index["docnames"]
+    for nb in NOTEBOOKS:
+        assert f"notebooks/{nb.stem}" in docnames
+    assert "index" in docnames and all(f"api/{p}" in docnames for p in build_book.API_PACKAGES)
+    # a word finds the notebook that teaches it (Sphinx stores stemmed terms: "bubbl")
+    bubble = index["terms"]["bubbl"]
+    bubble = [bubble] if isinstance(bubble, int) else bubble
+    assert docnames.index("notebooks/09_model_parallelism") in bubble
+    assert (site / "search.html").is_file()
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_launch_buttons_open_this_notebook(site, nb):
+    """The theme's Binder and Colab buttons on each notebook page open that notebook of
+    the repository named in pyproject.toml (the file exists at that path here)."""
+    url = build_book.repository_url()
+    owner, repo = urllib.parse.urlsplit(url).path.strip("/").split("/")[:2]
+    path = f"notebooks/{nb.name}"
+    assert (ROOT / path).is_file() and (ROOT / "binder").is_dir()
+    buttons = {a.get("title"): a["href"] for a in page(site, f"notebooks/{nb.stem}.html").anchors
+               if (a.get("title") or "").startswith("Launch on")}
+    assert buttons == {f"Launch on {k}": v for k, v in build_book.launch_urls(path).items()}
+    assert buttons == {
+        "Launch on Binder": f"https://mybinder.org/v2/gh/{owner}/{repo}/{build_book.REPOSITORY_BRANCH}"
+                            f"?urlpath=lab/tree/{path}",
+        "Launch on Colab": f"https://colab.research.google.com/github/{owner}/{repo}/blob/"
+                           f"{build_book.REPOSITORY_BRANCH}/{path}",
+    }
+
+
+def test_the_landing_page_launches_the_course(site):
+    hrefs = [a.get("href") for a in page(site, "index.html").anchors]
+    for url in build_book.launch_urls(f"notebooks/{NOTEBOOKS[0].name}").values():
+        assert url in hrefs
+
+
+def test_staged_sources_mirror_the_repository(site):
+    """The Sphinx sources are the repository's files, copied: the README (plus the hidden
+    table of contents) is index.md, the notebooks are byte for byte the stored ones."""
+    src = site.parent / "src"
+    index = (src / "index.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text().rstrip().splitlines()
+    assert index[0] == readme[0] == "# mlscale" and index[1] == "" and index[2].startswith("*Run the course:*")
+    assert index[3:3 + len(readme) - 1] == readme[1:]
+    for nb in NOTEBOOKS:
+        assert (src / "notebooks" / nb.name).read_bytes() == nb.read_bytes()
+    assert sorted(p.name for p in (src / "notebooks").glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
