@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import importlib  # noqa: E402
 import inspect  # noqa: E402
+import re  # noqa: E402
 
 from docutils import nodes  # noqa: E402
 
@@ -99,5 +100,20 @@ def _unlink_problematic(app, doctree, docname):
         node.replace_self(nodes.inline("", node.astext(), ids=list(node["ids"])))
 
 
+_LITERAL = re.compile(r"(``.*?``)")
+
+
+def _escape_bars(app, what, name, obj, options, lines):
+    """The docstrings write absolute values and norms as ``|x|``, which reST reads as a
+    substitution reference (an error and a broken link): escape the bars, outside inline
+    literals and indented code."""
+    for i, line in enumerate(lines):
+        if "|" not in line or line.startswith((" ", "\t")):
+            continue
+        parts = _LITERAL.split(line)
+        lines[i] = "".join(p if p.startswith("``") else p.replace("|", "\\|") for p in parts)
+
+
 def setup(app):
     app.connect("doctree-resolved", _unlink_problematic)
+    app.connect("autodoc-process-docstring", _escape_bars)
