@@ -114,6 +114,43 @@ def _escape_bars(app, what, name, obj, options, lines):
         lines[i] = "".join(p if p.startswith("``") else p.replace("|", "\\|") for p in parts)
 
 
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+_CODE = re.compile(r"\s+(>>>|from |import |for |def |return |print\(|[\w.\[\], ]+\s*=[^=]|[\w.]+\(.*\)\s*(#|$))")
+
+
+_ITEM = re.compile(r"\s*(\d+\.|[-*])\s+")
+
+
+def _blocks(app, what, name, obj, options, lines):
+    """The docstrings are laid out as plain text: an indented example right under a line
+    of prose, a list whose items run on without blank lines. reST wants a blank line
+    around every indented block: add them, and make a block after a line ending in ":"
+    a literal (code) block, as it almost always is one."""
+    out, prev = [], ""
+    for line in lines:
+        if line.strip() and not prev.strip() and _indent(line) > 0 and _CODE.match(line):
+            last = next((x for x in reversed(out) if x.strip()), "")
+            if _indent(last) < _indent(line) and not last.rstrip().endswith("::"):
+                m = _ITEM.match(last)  # inside a list item: the "::" goes at the item's text
+                pad = len(m.group(0)) if m else _indent(last)
+                out[len(out) - 1:len(out) - 1] = [" " * pad + "::"] if out else []  # a code block: literal
+        if line.strip() and prev.strip():
+            a, b = _indent(prev), _indent(line)
+            if b > a and not prev.rstrip().endswith("::") and not prev.lstrip().startswith(("- ", "* ")):
+                if prev.rstrip().endswith(":"):
+                    out[-1] = prev.rstrip() + ":"
+                out.append("")
+            elif b < a:
+                out.append("")
+        out.append(line)
+        prev = line
+    lines[:] = out
+
+
 def setup(app):
     app.connect("doctree-resolved", _unlink_problematic)
     app.connect("autodoc-process-docstring", _escape_bars)
+    app.connect("autodoc-process-docstring", _blocks)
