@@ -20,7 +20,9 @@ Every rank builds the same single-device ``nn.GPT`` from ``seed`` and keeps its 
   Adam on my 1/dp of the stage's parameters, all-gather); 2 gradients reduce-scattered
   into shards unit by unit during the backward, never all-reduced; 3 the stage's
   parameters sharded too, all-gathered just before each layer's forward and backward
-  and freed after (``three_d_zero.ShardedStage``, with the bytes and memory it costs).
+  and freed after (``three_d_zero.ShardedStage``, with the bytes and memory it costs;
+  ``prefetch=True`` / ``overlap=True`` run those all-gathers / reduce-scatters on the dp
+  communication stream, behind the neighbouring layer's compute).
 
 Rank order (``mesh_coords``): row-major over (dp, pp, tp), as ``torch.distributed``'s
 ``init_device_mesh("cuda", (dp, pp, tp))`` numbers it: rank = (dp_i * pp + pp_i) * tp + tp_i.
