@@ -154,8 +154,8 @@ def test_prefetch_shortens_the_step_on_sim_and_hides_the_all_gathers():
                        for s in sspans)
 
 
-def test_prefetch_with_pipeline_stages_is_faster_too():
-    dims = (2, 2, 1)
+@pytest.mark.parametrize("dims", [(2, 2, 1), (2, 2, 2)])
+def test_prefetch_with_pipeline_and_tensor_parallel_is_faster_too(dims):
     sync = _run(dims, 3, network=NET, batches=BATCHES[:1])
     pref = _run(dims, 3, prefetch=True, overlap=True, network=NET, batches=BATCHES[:1])
     assert pref.time < sync.time

@@ -52,8 +52,9 @@ full grads (two with ``overlap``): the measured peaks equal ``zero_memory_by_kin
 prefetch=prefetch, overlap=overlap)`` of my stage's units.
 
 Compute on sim: this stage charges each layer's FLOPs (``comm.compute`` at
-``NetworkModel.flops``) right after that layer runs, so the communication has compute to
-overlap; ``PipelineParallel`` then charges none for it (``charges_own_flops``; to charge
+``NetworkModel.flops``) just before that layer runs, so the communication has compute to
+overlap (and a TPBlock's own tp collectives come after its compute, not racing the
+prefetched all-gather for the rank's port); ``PipelineParallel`` then charges none for it (``charges_own_flops``; to charge
 ``PipelineParallel(times=...)`` seconds instead, build the stage with ``charge_compute=False``). On a network where
 the dp collectives cost ``c`` and a layer's compute ``t`` per micro-batch op, the
 synchronous step takes ``sum(t) + sum(c)``; with prefetch the all-gathers of all but the
@@ -78,7 +79,7 @@ class ShardedStage(PipelineStage):
                     stream before this layer computes (forward: i+1, backward: i-1)
     overlap         stages 2-3: reduce-scatter each layer's grads on the stream while the
                     backward of the layers below runs
-    charge_compute  on sim, charge each layer's FLOPs after it runs (``PipelineParallel``
+    charge_compute  on sim, charge each layer's FLOPs before it runs (``PipelineParallel``
                     then charges none for this stage)
     """
 
@@ -190,8 +191,8 @@ class ShardedStage(PipelineStage):
                 if unit.numel:
                     self._bind(c, unit, pbuf, None)
             nbytes += int(x.nbytes)
-            x = c.forward(x)
             self._charge(c, n, False)
+            x = c.forward(x)
             if s3:
                 self._done(c, unit)  # free the gathered params (reshard after forward)
                 if k < last and not self.prefetch:
@@ -225,8 +226,8 @@ class ShardedStage(PipelineStage):
             if unit.numel:
                 self._bind(c, unit, pbuf, gbuf)
             n = len(dout) if n is None else n
-            dout = c.backward(dout)
             self._charge(c, n, True)
+            dout = c.backward(dout)
             if unit.numel and self.sync is not None:
                 self.sync(c)
             if s3:
