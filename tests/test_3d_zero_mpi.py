@@ -1,6 +1,7 @@
 """ZeRO-2/3 on the dp dim of 3D training on real MPI processes: (dp, pp, tp) = (2, 2, 1)
-and (2, 1, 2) with SP on 4 ranks equal one device (float64, 1e-12) and the same program
-on ``sim`` bit for bit. One mpiexec launch runs both sections (``_mpi_batch``)."""
+and (2, 1, 2) with SP on 4 ranks, and (2, 2, 1) ZeRO-3 with prefetch and overlap (MPI runs
+``comm.start`` in order), equal one device (float64, 1e-12) and the same program on
+``sim`` bit for bit. One mpiexec launch runs all three sections (``_mpi_batch``)."""
 import numpy as np
 import pytest
 
@@ -30,11 +31,16 @@ def _z3_sp(comm):
     return train_3d(comm, CFG, _batches(), 2, 1, 2, 2, LR, True, 3)
 
 
-SECTIONS = {"2x2x1_z2": _z2, "2x1x2_sp_z3": _z3_sp}
+def _z3_prefetch(comm):  # MPI runs comm.start in order: the same numbers, no overlap
+    return train_3d(comm, CFG, _batches(), 2, 2, 1, 2, LR, False, 3, prefetch=True, overlap=True)
+
+
+SECTIONS = {"2x2x1_z2": _z2, "2x1x2_sp_z3": _z3_sp, "2x2x1_z3_prefetch": _z3_prefetch}
 BATCHES = Batches(SECTIONS)
 
 
-@pytest.mark.parametrize("name,dims,sp", [("2x2x1_z2", (2, 2, 1), False), ("2x1x2_sp_z3", (2, 1, 2), True)])
+@pytest.mark.parametrize("name,dims,sp", [("2x2x1_z2", (2, 2, 1), False), ("2x1x2_sp_z3", (2, 1, 2), True),
+                                         ("2x2x1_z3_prefetch", (2, 2, 1), False)])
 def test_zero23_on_mpi_equals_one_device_and_sim(name, dims, sp):
     res = BATCHES.section(4, name)
     losses, ref = train_single(CFG, _batches(), lr=LR)

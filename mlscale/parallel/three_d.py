@@ -20,7 +20,9 @@ Every rank builds the same single-device ``nn.GPT`` from ``seed`` and keeps its 
   Adam on my 1/dp of the stage's parameters, all-gather); 2 gradients reduce-scattered
   into shards unit by unit during the backward, never all-reduced; 3 the stage's
   parameters sharded too, all-gathered just before each layer's forward and backward
-  and freed after (``three_d_zero.ShardedStage``, with the bytes and memory it costs).
+  and freed after (``three_d_zero.ShardedStage``, with the bytes and memory it costs;
+  ``prefetch=True`` / ``overlap=True`` run those all-gathers / reduce-scatters on the dp
+  communication stream, behind the neighbouring layer's compute).
 
 Rank order (``mesh_coords``): row-major over (dp, pp, tp), as ``torch.distributed``'s
 ``init_device_mesh("cuda", (dp, pp, tp))`` numbers it: rank = (dp_i * pp + pp_i) * tp + tp_i.
@@ -147,12 +149,16 @@ def _zero_stage(zero):
 
 
 def train_3d(comm, cfg, batches, dp=1, pp=1, tp=1, num_microbatches=1, lr=1e-3, sequence_parallel=False,
-             zero=True, seed=0, dtype=np.float64, schedule="1f1b"):
+             zero=True, seed=0, dtype=np.float64, schedule="1f1b", prefetch=False, overlap=False):
     """Train ``nn.GPT(cfg, seed)`` on ``batches`` (a list of global ``(x, y)`` token
     batches, (B, seq) ints, the same on every rank) with Adam(lr) on the (dp, pp, tp) mesh.
 
     ``zero``: the ZeRO stage on the dp dim, 0-3 (module docstring); True means 1 and
-    False means 0, as before stages 2 and 3 existed.
+    False means 0, as before stages 2 and 3 existed. ``prefetch`` (zero=3): all-gather the
+    next layer's parameters on the dp communication stream while this layer computes;
+    ``overlap`` (zero=2 or 3): reduce-scatter each layer's grads on the stream during the
+    backward of the layers below (``ShardedStage``; the same trajectory and bytes, less
+    virtual time on sim, two layers in flight in the memory ledger).
 
     Returns, on every rank, ``{"coords", "losses" (per step; None off the last stage),
     "params" (this rank's shards of its stage's parameters, by model name; zero=3: only
@@ -162,6 +168,12 @@ def train_3d(comm, cfg, batches, dp=1, pp=1, tp=1, num_microbatches=1, lr=1e-3, 
     for stages 0-1), "shards" ([(flat start, my chunk)]), "slots" ({name: (start, stop,
     shape)} of my stage)}``."""
     stage = _zero_stage(zero)
+    if prefetch and stage != 3:
+        raise ValueError(f"train_3d: prefetch=True needs zero=3 (zero={stage} gathers no parameters during the "
+                         f"step); use zero=3 or prefetch=False")
+    if overlap and stage < 2:
+        raise ValueError(f"train_3d: overlap=True needs zero=2 or 3 (zero={stage} reduces the gradients after the "
+                         f"pipeline step); use zero=2/3 or overlap=False")
     coords, comms = mesh_comms(comm, dp, pp, tp)
     from ..nn.optim import Adam  # lazy: optimizers import the fused kernels
 
@@ -179,7 +191,7 @@ def train_3d(comm, cfg, batches, dp=1, pp=1, tp=1, num_microbatches=1, lr=1e-3, 
             if isinstance(layer, TPBlock):
                 layer.sync_grads()
         pipe.stage = ShardedStage(model, pipe.stage.stage, pipe.stage.num_stages, comms["dp"], stage,
-                                  lambda shard: Adam(shard, lr=lr), sync=sync)
+                                  lambda shard: Adam(shard, lr=lr), sync=sync, prefetch=prefetch, overlap=overlap)
         ledger, units = pipe.stage.ledger, [u.numel for u in pipe.stage.units]
     else:
         if stage == 1:

@@ -37,16 +37,34 @@ with pipeline parallelism"), and why torchtitan, under PP, by default does not r
 FSDP's parameters after forward (no per-micro-batch all-gathers; not done here).
 ``dp_wire_bytes`` gives each rank's exact bytes.
 
-The gathers and reduce-scatters here are synchronous (no prefetch on the communication
-stream, unlike fsdp.py): at most one unit's gathered params and one unit's full grads
-exist at a time, so the measured peaks equal ``zero_memory_by_kind(..., prefetch=False,
-overlap=False)``.
+``prefetch`` (stage 3) and ``overlap`` (stages 2-3), both off by default (then the
+gathers and reduce-scatters are synchronous, as before these options existed), do what
+fsdp.py does, inside each forward and backward of one micro-batch: while layer i
+computes, layer i+1's all-gather (forward; layer i-1's in the backward) runs on the dp
+communicator's communication stream (``comm.start``: overlapping on sim) and is waited
+for just before use; each layer's gradients are reduce-scattered on the stream while the
+backward of the layers below runs, and waited for (then added into my shard) after the
+next layer's backward. The first layer of each forward/backward is gathered with nothing
+to hide it behind (the pipeline's recv/send between ops is not overlapped). The bytes are
+the same; only their timing moves. Memory: my shard + the gathered params of one unit
+(two neighbours with ``prefetch``: this one and the next), my gradient shard + one unit's
+full grads (two with ``overlap``): the measured peaks equal ``zero_memory_by_kind(...,
+prefetch=prefetch, overlap=overlap)`` of my stage's units.
+
+Compute on sim: this stage charges each layer's FLOPs (``comm.compute`` at
+``NetworkModel.flops``) just before that layer runs, so the communication has compute to
+overlap (and a TPBlock's own tp collectives come after its compute, not racing the
+prefetched all-gather for the rank's port); ``PipelineParallel`` then charges none for it (``charges_own_flops``; to charge
+``PipelineParallel(times=...)`` seconds instead, build the stage with ``charge_compute=False``). On a network where
+the dp collectives cost ``c`` and a layer's compute ``t`` per micro-batch op, the
+synchronous step takes ``sum(t) + sum(c)``; with prefetch the all-gathers of all but the
+first layer hide behind compute (a lower bound is ``max(sum(t), sum(c))``).
 """
 from __future__ import annotations
 
 import copy
 
-from .fsdp_units import MemoryLedger, _state_nbytes, _unbind, make_units
+from .fsdp_units import MemoryLedger, _Ready, _state_nbytes, _unbind, make_units
 from .pipeline import PipelineStage
 from .zero import ring_bytes_per_rank
 
@@ -55,13 +73,27 @@ class ShardedStage(PipelineStage):
     """My pipeline stage of ``model`` with ZeRO ``zero`` (2 or 3) over ``dp`` (module
     docstring). ``make_optimizer(shard)`` builds the optimizer of my chunk of each unit;
     ``sync(layer)`` (e.g. ``TPBlock.sync_grads``) runs on each layer's grads of a
-    micro-batch before they are reduce-scattered."""
+    micro-batch before they are reduce-scattered.
 
-    def __init__(self, model, stage, num_stages, dp, zero, make_optimizer, algorithm="ring", sync=None):
+    prefetch        stage 3: start the next layer's all-gather on ``dp``'s communication
+                    stream before this layer computes (forward: i+1, backward: i-1)
+    overlap         stages 2-3: reduce-scatter each layer's grads on the stream while the
+                    backward of the layers below runs
+    charge_compute  on sim, charge each layer's FLOPs before it runs (``PipelineParallel``
+                    then charges none for this stage)
+    """
+
+    def __init__(self, model, stage, num_stages, dp, zero, make_optimizer, algorithm="ring", sync=None,
+                 prefetch=False, overlap=False, charge_compute=True):
         if zero not in (2, 3):
             raise ValueError(f"ShardedStage: zero={zero!r}, use 2 or 3 (stages 0-1 need no sharded stage)")
+        if prefetch and zero != 3:
+            raise ValueError(f"ShardedStage: prefetch=True needs zero=3 (stage {zero} gathers no parameters "
+                             f"during the step); use prefetch=False, or overlap=True for the reduce-scatters")
         super().__init__(model, stage, num_stages)
         self.dp, self.zero, self.algorithm, self.sync = dp, zero, algorithm, sync
+        self.prefetch, self.overlap = bool(prefetch), bool(overlap)
+        self.charges_own_flops = bool(charge_compute)
         self.model, self.xp, self.dtype = model, model.xp, model.dtype
         self.itemsize = model.dtype.itemsize
         self.units = [u for u in make_units(model, dp.world_size, dp.rank) if self.start <= u.layers[0] < self.stop]
@@ -107,31 +139,64 @@ class ShardedStage(PipelineStage):
                     for s in self.model.slots if s.layer == i}
         layer.bind(views(pbuf), views(gbuf) if gbuf is not None else {})
 
-    def _params_of(self, unit):
-        """The unit's full params: gathered (stage 3, counted until ``_done``) or mine."""
+    def _gather(self, c, unit):
+        """All-gather ``unit``'s params from every dp rank's chunk, on ``c`` (dp or its stream)."""
+        return c.all_gather(self.shards[self._pos[unit.index]], algorithm=self.algorithm)
+
+    def _start_gather(self, k, background):
+        """Begin the params of my k-th unit (counted from here until ``_done``): stage 3
+        all-gathers them (on the stream if ``background``), stage 2 has them."""
+        unit = self.units[k]
         if self.zero == 2:
-            return self.model.params[unit.start:unit.stop]
+            return _Ready(self.model.params[unit.start:unit.stop])
         self.ledger.alloc("params", unit.numel * self.itemsize)
-        return self.dp.all_gather(self.shards[self._pos[unit.index]], algorithm=self.algorithm)
+        if not unit.numel:
+            return _Ready(self.xp.empty(0, self.dtype))
+        if background:
+            return self.dp.start(self._gather, unit)
+        return _Ready(self._gather(self.dp, unit))
 
     def _done(self, layer, unit):
         if self.zero == 3:
             _unbind(layer)
             self.ledger.free("params", unit.numel * self.itemsize)
 
+    def _charge(self, layer, n, backward):
+        """Charge ``layer``'s FLOPs for ``n`` samples on sim (``comm.compute``)."""
+        if not (self.charges_own_flops and self.dp.backend == "sim"):
+            return
+        f = layer.flops_per_sample(backward=False)
+        if backward:
+            f = layer.flops_per_sample(backward=True) - f
+        if f:
+            self.dp.compute(flops=n * f, label="backward" if backward else "forward")
+
+    def flops(self, n, backward):
+        """What ``PipelineParallel`` charges per op: nothing when I charge each layer."""
+        return 0 if self.charges_own_flops else super().flops(n, backward)
+
     # -- one micro-batch ---------------------------------------------------------------
     def forward(self, x, microbatch):
         if microbatch in self.stash:
             raise RuntimeError(f"stage {self.stage}: forward of micro-batch {microbatch} twice before its backward")
-        copies, nbytes = [], 0
-        for layer, unit in zip(self.layers, self.units):
+        copies, nbytes, n = [], 0, len(x)
+        s3, last = self.zero == 3, len(self.units) - 1
+        pending = {0: self._start_gather(0, False)} if s3 and self.units else {}
+        for k, (layer, unit) in enumerate(zip(self.layers, self.units)):
             c = copy.copy(layer)  # this micro-batch's own activations
-            if self.zero == 3 and unit.numel:
-                self._bind(c, unit, self._params_of(unit), None)
+            if s3:
+                pbuf = pending.pop(k).wait()
+                if k < last and self.prefetch:  # the next layer's params, in the background
+                    pending[k + 1] = self._start_gather(k + 1, True)
+                if unit.numel:
+                    self._bind(c, unit, pbuf, None)
             nbytes += int(x.nbytes)
+            self._charge(c, n, False)
             x = c.forward(x)
-            if unit.numel:
-                self._done(c, unit)  # stage 3: free the gathered params (reshard after forward)
+            if s3:
+                self._done(c, unit)  # free the gathered params (reshard after forward)
+                if k < last and not self.prefetch:
+                    pending[k + 1] = self._start_gather(k + 1, False)
             copies.append(c)
         self.stash[microbatch] = copies
         self._bytes[microbatch] = nbytes
@@ -141,26 +206,55 @@ class ShardedStage(PipelineStage):
         return x
 
     def backward(self, dout, microbatch):
-        """Backward of ``microbatch``; each unit's grads are reduce-scattered at once and
-        added into my shard (no full gradient of the stage ever exists)."""
+        """Backward of ``microbatch``; each unit's grads are reduce-scattered (at once, or
+        on the stream with ``overlap``) and added into my shard (no full gradient of the
+        stage ever exists)."""
         if microbatch not in self.stash:
             raise RuntimeError(f"stage {self.stage}: backward of micro-batch {microbatch} before its forward")
-        nb = self.itemsize
-        for c, unit in zip(reversed(self.stash.pop(microbatch)), reversed(self.units)):
-            if not unit.numel:
-                dout = c.backward(dout)
-                continue
+        nb, s3 = self.itemsize, self.zero == 3
+        copies = self.stash.pop(microbatch)
+        n = None
+        pending = {len(self.units) - 1: self._start_gather(len(self.units) - 1, False)} if self.units else {}
+        in_flight = None  # (unit, grads buffer, request) of the reduce-scatter still running
+        for k in reversed(range(len(self.units))):
+            c, unit = copies[k], self.units[k]
+            pbuf = pending.pop(k).wait()
+            if k > 0 and self.prefetch:
+                pending[k - 1] = self._start_gather(k - 1, True)
             gbuf = self.xp.zeros(unit.numel, self.dtype)
             self.ledger.alloc("grads", unit.numel * nb)
-            self._bind(c, unit, self._params_of(unit), gbuf)
+            if unit.numel:
+                self._bind(c, unit, pbuf, gbuf)
+            n = len(dout) if n is None else n
+            self._charge(c, n, True)
             dout = c.backward(dout)
-            if self.sync is not None:
+            if unit.numel and self.sync is not None:
                 self.sync(c)
-            self._done(c, unit)
-            self.gshards[self._pos[unit.index]] += self.dp.reduce_scatter(gbuf, op="mean", algorithm=self.algorithm)
-            self.ledger.free("grads", unit.numel * nb)
+            if s3:
+                self._done(c, unit)  # free the gathered params
+            elif unit.numel:  # stage 2: the params stay bound, the grads buffer goes
+                self._bind(c, unit, pbuf, None)
+            if not self.overlap:  # reduce-scatter now, then free the buffer
+                self._finish_reduce(unit, gbuf, _Ready(self._reduce_scatter(self.dp, gbuf)) if unit.numel else None)
+            else:
+                req = self.dp.start(self._reduce_scatter, gbuf) if unit.numel else None
+                if in_flight is not None:  # the unit above: its reduce-scatter ran during my backward
+                    self._finish_reduce(*in_flight)
+                in_flight = (unit, gbuf, req)
+            if k > 0 and not self.prefetch:
+                pending[k - 1] = self._start_gather(k - 1, False)
+        if in_flight is not None:
+            self._finish_reduce(*in_flight)
         self.stash_bytes -= self._bytes.pop(microbatch)
         return dout
+
+    def _reduce_scatter(self, c, gbuf):
+        return c.reduce_scatter(gbuf, op="mean", algorithm=self.algorithm)
+
+    def _finish_reduce(self, unit, gbuf, req):
+        if req is not None:
+            self.gshards[self._pos[unit.index]] += req.wait()  # accumulate into my shard
+        self.ledger.free("grads", gbuf.nbytes)
 
     def backward_input(self, dout, microbatch):  # pragma: no cover - PipelineParallel runs F and B only
         raise NotImplementedError("ShardedStage: zero-bubble B/W split is not supported under ZeRO-2/3")
