@@ -38,6 +38,29 @@ How (one tensor-parallel group simulated, the rest composed):
    device: the 16-bit gradients cast to fp32, the fused Adam kernel on fp32 master
    weights and m, v, the cast back (its roofline time).
 
+5. **ZeRO** (``zero_stage``, Rajbhandari et al. 2020; ``mlscale/parallel/zero.py``),
+   over the dp replicas of a stage; units as ``fsdp.py`` cuts them: the embedding, each
+   layer, the LM head's copy. Memory (stage 0 of the pipeline, dp rank 0: the larger
+   ``np.array_split`` shards) equals ``zero_memory_by_kind(units, dp, 0, stage,
+   prefetch=False, overlap=False)``: stage >= 1 the fp32 master weights, m and v (and the
+   fp32 gradient copy of the step) are allocated on the Meta device at the shard's size,
+   so the tracker measures them, and Adam runs on the shard (its roofline time about 1/dp);
+   the 16-bit gradients (stage >= 2: my shard + one unit's full gradients, the one being
+   reduce-scattered) and parameters (stage 3: my shard + one unit gathered) are an
+   explicit adjustment of the tracker's bytes to that formula, because TPBlock binds
+   views into the model's full flat buffers (the device capacity is checked against the
+   adjusted peak). Time, nothing overlapped (no prefetch modelled): stage 1 the dp
+   all-reduce becomes a reduce-scatter of the gradients and an all-gather of the updated
+   16-bit parameters, hierarchical as the all-reduce (ring: the same bytes, the same time,
+   ``_dp_collective``); stage 2 reduce-scatters each unit's gradients after its backward
+   in EVERY micro-batch (only my shard of the gradients is kept between micro-batches, as
+   the memory counts it; with one micro-batch it is stage 1's time) and all-gathers the
+   parameters after the step; stage 3 also all-gathers each unit's parameters before its
+   forward and again before its backward (the recomputed forward and the backward share
+   it) in every micro-batch, and has no final all-gather. These per-micro-batch
+   collectives sit inside the pipeline's forward and backward times (so the schedule's
+   bubble grows with them) and are counted in ``breakdown["dp_comm"]``.
+
 Step time = pipeline makespan + dp all-reduce + optimizer. Model FLOPs: Narayanan et al.
 2021 eq. (3), ``96 B s l h^2 (1 + s/6h + V/(16 l h))`` (recomputation counted, as the
 paper counts it); TFLOP/s per GPU = FLOPs / (step time x GPUs).
@@ -158,10 +181,14 @@ def _dropout(dev, block, b, s, s_loc, h, phase, keep=None):
         keep.append(dev.empty((n_h,), np.uint8))
 
 
-def _units(layer, first, last, layers, V, h, t):
-    """Parameter counts of a stage's ZeRO units, in order: the embedding (first stage), each
-    layer, the LM head's copy (last stage)."""
-    return ([V // t * h] if first else []) + [layer] * layers + ([h * V // t] if last else [])
+def _units(model, head):
+    """Parameter counts of a stage's ZeRO units, in order: each layer of ``model`` (the
+    embedding, token and position tables, on the first stage; each TPBlock), then the LM
+    head's copy (last stage, ``head`` its size; 0 elsewhere)."""
+    sizes = [0] * len(model.layers)
+    for slot in model.slots:
+        sizes[slot.layer] += slot.stop - slot.start
+    return sizes + ([int(head)] if head else [])
 
 
 def _zero_shares(units, dp, stage):
@@ -202,8 +229,7 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
     head_w = dev.zeros((h, V // t), np.float16, kind="params") if last else None  # the (tied) LM head's copy
     head_g = dev.zeros((h, V // t), np.float16, kind="grads") if last else None
     nparams = model.params.size + (head_w.size if last else 0)
-    layer_size = (model.params.size - (V // t * h if first else 0)) // layers  # one TPBlock's parameters
-    units = _units(layer_size, first, last, layers, V, h, t)
+    units = _units(model, head_w.size if last else 0)
     assert sum(units) == nparams, (units, nparams)
     p_el, g_el, o_el = _zero_shares(units, dp, zero_stage)
     # bytes the tracker over-counts (full 16-bit params / grads where ZeRO keeps shard + one unit)
