@@ -225,6 +225,9 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
     s_loc = s // t if sp else s
     parts = ([Embedding(V // t, s, h)] if first else []) + [TPBlock(comm, cfg, sequence_parallel=sp)
                                                             for _ in range(layers)]
+    cap = dev.memory.capacity
+    if zero_stage >= 2 and dp > 1:  # the full 16-bit buffers are built first: the capacity is checked once
+        dev.memory.capacity = None  # the adjustment (``cut`` below) is known
     model = Sequential(parts, dtype=np.float16, xp=dev)  # params + grads, 16-bit
     head_w = dev.zeros((h, V // t), np.float16, kind="params") if last else None  # the (tied) LM head's copy
     head_g = dev.zeros((h, V // t), np.float16, kind="grads") if last else None
@@ -234,9 +237,18 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
     p_el, g_el, o_el = _zero_shares(units, dp, zero_stage)
     # bytes the tracker over-counts (full 16-bit params / grads where ZeRO keeps shard + one unit)
     cut = 2 * (nparams - p_el) + 2 * (nparams - g_el)
-    cap = dev.memory.capacity
-    if cut and cap is not None:
-        dev.memory.capacity = cap + cut  # checked against the adjusted peak below
+
+    def check_fits():
+        if cap is not None and dev.memory.peak - cut > cap:
+            from ..meta import OutOfMemoryError
+
+            raise OutOfMemoryError(f"CUDA out of memory: stage needs {(dev.memory.peak - cut) / 2**30:.2f} GiB with "
+                                   f"ZeRO-{zero_stage} over dp={dp}, the {hw.name} has {cap / 2**30:.2f} GiB. Shard "
+                                   f"the model (tp/pp/a higher ZeRO stage, more dp), or use smaller micro-batches")
+
+    if cap is not None:
+        dev.memory.capacity = cap + cut  # the tracker's own check, against the adjusted bytes from here on
+        check_fits()
     master = dev.empty((o_el,), np.float32, kind="optimizer")  # fp32 master weights (rank 0's shard at ZeRO >= 1)
     opt = Adam(master)  # m, v: "optimizer"
     # activations kept for backward under full recomputation: each layer's input, per micro-batch in flight
@@ -309,13 +321,8 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
     if cut:  # params and grads live the whole program: the peak's moment is unchanged, its bytes lowered
         at_peak["params"] -= 2 * (nparams - p_el)
         at_peak["grads"] -= 2 * (nparams - g_el)
-        dev.memory.capacity = cap
-        if cap is not None and dev.memory.peak - cut > cap:
-            from ..meta import OutOfMemoryError
-
-            raise OutOfMemoryError(f"CUDA out of memory: stage needs {(dev.memory.peak - cut) / 2**30:.2f} GiB with "
-                                   f"ZeRO-{zero_stage} over dp={dp}, the {hw.name} has {cap / 2**30:.2f} GiB. Shard "
-                                   f"the model (tp/pp/a higher ZeRO stage), or use smaller micro-batches")
+        check_fits()
+    dev.memory.capacity = cap
     out["memory_peak"] = int(dev.memory.peak - cut)
     out["memory_at_peak"] = at_peak
     del kept
