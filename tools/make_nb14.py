@@ -206,16 +206,40 @@ print(f"stage 0 holds {(nparams - even) / 1e6:.0f} M parameters more than the ev
       f"(word: {cfg.vocab_size // row.tp} x {cfg.d_model} a tp rank; position: {cfg.seq_len} x {cfg.d_model})")"""
 
 ZERO = """\
-for r in runs:   # ZeRO-1: the optimizer state sharded over dp; an upper bound on the new peak
-    r["memory_zero1"] = r["memory"] - r["optimizer"] * (1 - 1 / r["dp"])
-fit1 = sorted((r for r in runs if r["memory_zero1"] <= hbm), key=lambda r: r["step"])
-new = [r for r in fit1 if not r["fits"]]
+runs1 = []   # the same search, now predict(..., zero_stage=1): the optimizer state sharded over dp
+for c in space:
+    p = whatif.predict(cfg, "DGX-A100", global_batch=B, schedule="interleaved", hardware=roomy, zero_stage=1, **c)
+    runs1.append(dict(c, step=p.step_time, mfu=mfu(p), memory=p.memory_peak, fits=p.memory_peak <= hbm, pred=p))
+plain = {label(r): r for r in runs}
+fit1 = sorted((r for r in runs1 if r["fits"]), key=lambda r: r["step"])
+new = [r for r in fit1 if not plain[label(r)]["fits"]]
 print(f"with ZeRO-1: {len(fit1)} configurations fit (without: {len(fit)}); {len(new)} newly fit")
 for r in fit1[:3]:
-    print(f"  {label(r)}: {r['step']:.2f} s, MFU {100 * r['mfu']:.1f}%, {r['memory_zero1'] / 2**30:.1f} GiB "
-          f"(was {r['memory'] / 2**30:.1f})")
-print(f"the published configuration: {published['memory'] / 2**30:.1f} -> {published['memory_zero1'] / 2**30:.1f} GiB "
-      f"(optimizer state {published['optimizer'] / 2**30:.1f} -> {published['optimizer'] / 2**30 / row.dp:.2f} GiB)")"""
+    was = plain[label(r)]
+    print(f"  {label(r)}: {r['step']:.2f} s (was {was['step']:.2f}), MFU {100 * r['mfu']:.1f}%, "
+          f"{r['memory'] / 2**30:.1f} GiB (was {was['memory'] / 2**30:.1f})")
+pub1 = next(r for r in runs1 if label(r) == label(published))
+print(f"the published configuration: {published['memory'] / 2**30:.1f} -> {pub1['memory'] / 2**30:.1f} GiB, "
+      f"{published['step']:.2f} -> {pub1['step']:.2f} s a step")"""
+
+STAGES = """\
+b1 = fit1[0]
+picks = {"the best without ZeRO": best, "the best with ZeRO-1": b1}
+keys = ("tp", "pp", "dp", "micro_batch", "recompute", "num_chunks")
+stages = {name: [whatif.predict(cfg, "DGX-A100", global_batch=B, schedule="interleaved", hardware=roomy,
+                                zero_stage=z, **{k: r[k] for k in keys}) for z in range(4)]
+          for name, r in picks.items()}
+for name, ps in stages.items():
+    print(f"{name}, {label(picks[name])}:")
+    print(f"{'ZeRO':>6} | {'memory':>9} {'params':>7} {'grads':>6} {'optim.':>6} {'activ.':>6} | "
+          f"{'step':>7} {'dp_comm':>8} {'optimizer':>9} {'bubble':>7} {'MFU':>6}")
+    for z, p in enumerate(ps):
+        k, b = p.memory_by_kind, p.breakdown
+        print(f"{z:>6} | {p.memory_peak / 2**30:>5.1f} GiB {k['params'] / 2**30:>7.1f} {k['grads'] / 2**30:>6.1f} "
+              f"{k['optimizer'] / 2**30:>6.1f} {k['activations'] / 2**30:>6.1f} | {p.step_time:>5.2f} s "
+              f"{b['dp_comm']:>8.2f} {b['optimizer']:>9.3f} {b['pp_bubble']:>7.2f} {100 * mfu(p):>5.1f}%")
+    print()
+print("GiB (stage 0 of the pipeline, at its peak) and seconds a step")"""
 
 
 def numbers():
@@ -225,7 +249,7 @@ def numbers():
     matplotlib.use("Agg")
     ns = {}
     exec(IMPORTS.replace("from tqdm.auto import tqdm", "tqdm = lambda x, **k: x"), ns)
-    for src in (TABLE, SETUP, SEARCH, RESULTS, ZERO):
+    for src in (TABLE, SETUP, SEARCH, RESULTS, ZERO, STAGES):
         exec(src, ns)
     return ns
 
@@ -233,7 +257,7 @@ def numbers():
 def cells(ns):
     table, best, published, fit, runs = ns["table"], ns["best"], ns["published"], ns["fit"], ns["runs"]
     worst = max(table, key=lambda t: abs(t[2]))
-    fit1, new = ns["fit1"], ns["new"]
+    fit1, new, plain, stages = ns["fit1"], ns["new"], ns["plain"], ns["stages"]
     pct = lambda r: f"{100 * r['mfu']:.1f}%"  # noqa: E731
     gib = lambda v: f"{v / 2**30:.1f} GiB"  # noqa: E731
     b1 = fit1[0]
@@ -247,7 +271,18 @@ def cells(ns):
     assert (best_full["step"] / best["step"] - 1) > 0.2
     assert best_full["step"] / best["step"] > published["step"] / best_full["step"]  # "most of it"
     assert best["tp"] < published["tp"] and best_full["pp"] > published["pp"]
-    assert best_full["pred"].config["num_chunks"] == 2 and not b1["fits"] and b1["step"] < best["step"]
+    assert best_full["pred"].config["num_chunks"] == 2 and not plain[ns["label"](b1)]["fits"]
+    assert b1["step"] < best["step"] and all(r["step"] <= plain[ns["label"](r)]["step"] for r in ns["runs1"])
+    sb, s1 = stages["the best without ZeRO"], stages["the best with ZeRO-1"]
+    for ps in (sb, s1):  # memory falls stage by stage; time: stage 1 <= 0 < 2 < 3; dp bytes the same at 0 and 1
+        assert all(a.memory_peak > b.memory_peak for a, b in zip(ps, ps[1:]))
+        assert ps[1].step_time <= ps[0].step_time < ps[2].step_time < ps[3].step_time
+        assert abs(ps[1].breakdown["dp_comm"] / ps[0].breakdown["dp_comm"] - 1) < 1e-12
+        assert ps[0].breakdown["optimizer"] / ps[1].breakdown["optimizer"] > 0.9 * ps[0].config["dp"]
+        assert ps[2].step_time / ps[1].step_time > 1.3 and ps[3].step_time / ps[2].step_time > 1.5
+    hbm = ns["hbm"]
+    assert sb[0].memory_peak <= hbm < s1[0].memory_peak and s1[1].memory_peak <= hbm
+    m_b = sb[0].config["num_microbatches"]
     badge = f"notebooks/{NAME}.ipynb"
     md = [new_markdown_cell(f"""\
 # 14 · Planning a training run
@@ -268,7 +303,7 @@ cost model (notebooks 11-13). This notebook takes under a minute:
 2. **planning**: every configuration of the 39B model on 512 GPUs, its MFU against its memory,
    the best that fits in 80 GiB against what the published run used;
 3. **the exercise**: the model-state memory of one GPU, with ZeRO (checked by `mlscale.check`),
-   and what ZeRO-1 would change in the plan.
+   and what ZeRO stages 1, 2 and 3 change in the plan, predicted (`predict(..., zero_stage=...)`).
 
 The first cell installs what the platform lacks (only on Colab)."""),
           new_code_cell("# set-up cell: written by tools/setup_cell.py --sync"),
@@ -384,20 +419,41 @@ formula is given stage 0's own parameter count (stage 0 holds the embeddings bes
 layers, a little more than the even share params / (tp pp)):"""),
           new_code_cell(REFERENCE),
           new_markdown_cell(f"""\
-### What ZeRO-1 would change in the plan
+### What ZeRO changes in the plan
 
-`predict` keeps the whole optimizer state on every replica, as Megatron-LM did in 2021.
-With ZeRO-1 each GPU would keep 1/dp of it. The optimizer state lives the whole step, so
-subtracting its (1 - 1/dp) from the measured peak bounds the new peak from above (the time is
-unchanged in this model: a reduce-scatter and an all-gather move the bytes of one all-reduce,
-`mlscale/parallel/zero.py`):"""),
+`predict` keeps the whole optimizer state on every replica by default, as Megatron-LM did in
+2021. `predict(..., zero_stage=1)` shards it over the dp replicas (Rajbhandari et al. 2020):
+the Meta device allocates 1/dp of the fp32 master weights, momentum and variance (and of the
+step's fp32 gradient copy), its tracker measures the new peak, Adam runs on the shard, and the
+dp all-reduce becomes a reduce-scatter of the gradients and an all-gather of the updated
+parameters (in the ring model the same bytes and the same time, `mlscale/parallel/zero.py`).
+The same search again, at ZeRO stage 1:"""),
           new_code_cell(ZERO),
           new_markdown_cell(f"""\
-ZeRO-1 makes {len(new)} more configurations fit ({len(fit1)} in all). The fastest of them is
+ZeRO-1 makes {len(new)} more configurations fit ({len(fit1)} in all), and none gets slower:
+Adam on 1/dp of the parameters takes 1/dp of the time. The fastest is now
 `{ns['label'](b1)}` at {b1['step']:.2f} s a step, MFU {pct(b1)}
 ({'faster than' if b1['step'] < best['step'] - 1e-9 else 'the same as'} the best without ZeRO,
-{best['step']:.2f} s): sharding the optimizer state buys room, and the room buys a
-configuration the plain plan had to refuse.
+{best['step']:.2f} s), a configuration that needed {gib(plain[ns['label'](b1)]['memory'])}
+without it: sharding the optimizer state buys room, and the room buys a configuration the
+plain plan had to refuse.
+
+Stages 2 and 3 shard also the 16-bit gradients and parameters. Here are all four stages for
+the best configuration without ZeRO and the best with ZeRO-1 (memory by kind at stage 0's
+peak; the step's dp communication, optimizer and bubble):"""),
+          new_code_cell(STAGES),
+          new_markdown_cell(f"""\
+Memory falls stage by stage; time does not. Stage 1 is free (the same bytes, a faster
+optimizer). Stage 2 keeps only its shard of the gradients between micro-batches, so it must
+reduce-scatter them after **every** micro-batch's backward, {m_b} times a step for
+`{ns['label'](best)}`, instead of once: {sb[2].step_time:.2f} s instead of {sb[1].step_time:.2f} s.
+Stage 3 also all-gathers each layer's parameters before its forward and again before its
+backward, in every micro-batch: {sb[3].step_time:.2f} s. (`predict` puts these collectives on the
+critical path, across nodes where the dp group spans nodes; real ZeRO-3/FSDP prefetches the
+next unit's parameters and overlaps the reduce-scatters with the backward, which would hide
+part of it: `mlscale/parallel/fsdp.py` does so, `predict` does not model it.) So for this run,
+3D parallelism plus ZeRO-1 is the plan; stages 2 and 3 are for a model whose state does not
+fit otherwise, or a step with few micro-batches.
 
 ## Summary
 
@@ -409,8 +465,10 @@ configuration the plain plan had to refuse.
   {100 * (published['step'] / best['step'] - 1):.0f}% faster than the published configuration: most
   of it by not recomputing where the memory allows, the rest by less tensor parallelism, tp {best['tp']} instead of 8 (fewer
   all-reduces, less unsplit work, for a larger bubble), with the caveats above.
-- Model state is 16 B a parameter over tp pp; ZeRO divides by dp what its stage shards, and
-  ZeRO-1 alone lets {len(new)} more configurations fit.""")]
+- Model state is 16 B a parameter over tp pp; ZeRO divides by dp what its stage shards.
+  Predicted with `predict(..., zero_stage=1)`, ZeRO-1 lets {len(new)} more configurations fit and
+  costs no time; stages 2 and 3 save more memory but, with {m_b} micro-batches a step and nothing
+  overlapped, cost {100 * (sb[2].step_time / sb[1].step_time - 1):.0f}% and {100 * (sb[3].step_time / sb[1].step_time - 1):.0f}% more time.""")]
     return md
 
 

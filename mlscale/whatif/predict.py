@@ -38,6 +38,29 @@ How (one tensor-parallel group simulated, the rest composed):
    device: the 16-bit gradients cast to fp32, the fused Adam kernel on fp32 master
    weights and m, v, the cast back (its roofline time).
 
+5. **ZeRO** (``zero_stage``, Rajbhandari et al. 2020; ``mlscale/parallel/zero.py``),
+   over the dp replicas of a stage; units as ``fsdp.py`` cuts them: the embedding, each
+   layer, the LM head's copy. Memory (stage 0 of the pipeline, dp rank 0: the larger
+   ``np.array_split`` shards) equals ``zero_memory_by_kind(units, dp, 0, stage,
+   prefetch=False, overlap=False)``: stage >= 1 the fp32 master weights, m and v (and the
+   fp32 gradient copy of the step) are allocated on the Meta device at the shard's size,
+   so the tracker measures them, and Adam runs on the shard (its roofline time about 1/dp);
+   the 16-bit gradients (stage >= 2: my shard + one unit's full gradients, the one being
+   reduce-scattered) and parameters (stage 3: my shard + one unit gathered) are an
+   explicit adjustment of the tracker's bytes to that formula, because TPBlock binds
+   views into the model's full flat buffers (the device capacity is checked against the
+   adjusted peak). Time, nothing overlapped (no prefetch modelled): stage 1 the dp
+   all-reduce becomes a reduce-scatter of the gradients and an all-gather of the updated
+   16-bit parameters, hierarchical as the all-reduce (ring: the same bytes, the same time,
+   ``_dp_collective``); stage 2 reduce-scatters each unit's gradients after its backward
+   in EVERY micro-batch (only my shard of the gradients is kept between micro-batches, as
+   the memory counts it; with one micro-batch it is stage 1's time) and all-gathers the
+   parameters after the step; stage 3 also all-gathers each unit's parameters before its
+   forward and again before its backward (the recomputed forward and the backward share
+   it) in every micro-batch, and has no final all-gather. These per-micro-batch
+   collectives sit inside the pipeline's forward and backward times (so the schedule's
+   bubble grows with them) and are counted in ``breakdown["dp_comm"]``.
+
 Step time = pipeline makespan + dp all-reduce + optimizer. Model FLOPs: Narayanan et al.
 2021 eq. (3), ``96 B s l h^2 (1 + s/6h + V/(16 l h))`` (recomputation counted, as the
 paper counts it); TFLOP/s per GPU = FLOPs / (step time x GPUs).
@@ -158,9 +181,38 @@ def _dropout(dev, block, b, s, s_loc, h, phase, keep=None):
         keep.append(dev.empty((n_h,), np.uint8))
 
 
-def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recompute, in_flight, dropout=True):
+def _units(model, head):
+    """Parameter counts of a stage's ZeRO units, in order: each layer of ``model`` (the
+    embedding, token and position tables, on the first stage; each TPBlock), then the LM
+    head's copy (last stage, ``head`` its size; 0 elsewhere)."""
+    sizes = [0] * len(model.layers)
+    for slot in model.slots:
+        sizes[slot.layer] += slot.stop - slot.start
+    return sizes + ([int(head)] if head else [])
+
+
+def _zero_shares(units, dp, stage):
+    """Elements of 16-bit params, 16-bit grads and optimizer-state parameters dp rank 0 (the
+    largest shard, ``np.array_split`` cuts) holds under ZeRO ``stage``: exactly
+    ``zero_memory_by_kind(units, dp, 0, stage, prefetch=False, overlap=False)`` / its bytes."""
+    from ..parallel.zero import zero_memory_by_kind
+
+    kb = zero_memory_by_kind(units, dp, 0, stage, itemsize=1, state_per_param=1, prefetch=False, overlap=False)
+    return kb["params"], kb["grads"], kb["optimizer"]
+
+
+def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recompute, in_flight, dropout=True,
+                   zero_stage=0, dp=1):
     """One tensor-parallel rank: build its stage on a Meta device, run one layer (and the
-    head), the optimizer; return timings and the memory tracker's peak."""
+    head), the optimizer; return timings and the memory tracker's peak.
+
+    ZeRO (``zero_stage`` >= 1, over ``dp`` replicas): the optimizer state (fp32 master, m,
+    v) and the fp32 gradient copy are ALLOCATED at rank 0's shard size and Adam runs on that
+    shard (the tracker measures them, the roofline times 1/dp of the step). The 16-bit
+    params (stage 3) and grads (stages 2-3) stay the model's full flat buffers (TPBlock binds
+    views into them), and the tracker's bytes of those two kinds are then lowered by an
+    explicit adjustment to ``zero_memory_by_kind``'s shares (my shard + one unit gathered:
+    no prefetch, no overlap), with the device capacity checked against the adjusted peak."""
     from ..meta import Meta
     from ..nn.embedding import Embedding
     from ..nn.model import Sequential
@@ -173,11 +225,31 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
     s_loc = s // t if sp else s
     parts = ([Embedding(V // t, s, h)] if first else []) + [TPBlock(comm, cfg, sequence_parallel=sp)
                                                             for _ in range(layers)]
+    cap = dev.memory.capacity
+    if zero_stage >= 2 and dp > 1:  # the full 16-bit buffers are built first: the capacity is checked once
+        dev.memory.capacity = None  # the adjustment (``cut`` below) is known
     model = Sequential(parts, dtype=np.float16, xp=dev)  # params + grads, 16-bit
     head_w = dev.zeros((h, V // t), np.float16, kind="params") if last else None  # the (tied) LM head's copy
     head_g = dev.zeros((h, V // t), np.float16, kind="grads") if last else None
     nparams = model.params.size + (head_w.size if last else 0)
-    master = dev.empty((nparams,), np.float32, kind="optimizer")  # fp32 master weights
+    units = _units(model, head_w.size if last else 0)
+    assert sum(units) == nparams, (units, nparams)
+    p_el, g_el, o_el = _zero_shares(units, dp, zero_stage)
+    # bytes the tracker over-counts (full 16-bit params / grads where ZeRO keeps shard + one unit)
+    cut = 2 * (nparams - p_el) + 2 * (nparams - g_el)
+
+    def check_fits():
+        if cap is not None and dev.memory.peak - cut > cap:
+            from ..meta import OutOfMemoryError
+
+            raise OutOfMemoryError(f"CUDA out of memory: stage needs {(dev.memory.peak - cut) / 2**30:.2f} GiB with "
+                                   f"ZeRO-{zero_stage} over dp={dp}, the {hw.name} has {cap / 2**30:.2f} GiB. Shard "
+                                   f"the model (tp/pp/a higher ZeRO stage, more dp), or use smaller micro-batches")
+
+    if cap is not None:
+        dev.memory.capacity = cap + cut  # the tracker's own check, against the adjusted bytes from here on
+        check_fits()
+    master = dev.empty((o_el,), np.float32, kind="optimizer")  # fp32 master weights (rank 0's shard at ZeRO >= 1)
     opt = Adam(master)  # m, v: "optimizer"
     # activations kept for backward under full recomputation: each layer's input, per micro-batch in flight
     kept = dev.empty((max(1, math.ceil(in_flight * layers)), b, s_loc, h), np.float16) if recompute else None
@@ -236,17 +308,51 @@ def _stage_program(comm, cfg, hw, micro_batch, layers, first, last, sp, recomput
         _, eb, _ = span(lambda: emb.backward(dev.zeros((b, s, h), np.float16)))
     out["head"] = {"fwd": hf + ef, "bwd": hb + eb}
     # the optimizer step: 16-bit grads to fp32, fused Adam on the master weights, cast back
-    def step():
-        g32 = dev.empty((nparams,), np.float32)
-        g32[:model.grads.size] = model.grads
+    def step():  # at ZeRO >= 1 on rank 0's shard only (o_el elements)
+        g32 = dev.empty((o_el,), np.float32)
+        n = min(o_el, model.grads.size)
+        g32[:n] = model.grads[:n]
         opt.step(g32)
-        model.params[...] = master[:model.params.size]
+        model.params[:n] = master[:n]
     _, _, out["optimizer"] = span(step)
     out["nparams"] = int(nparams)
-    out["memory_peak"] = int(dev.memory.peak)
-    out["memory_at_peak"] = dict(dev.memory.at_peak)
+    out["units"] = units
+    at_peak = dict(dev.memory.at_peak)
+    if cut:  # params and grads live the whole program: the peak's moment is unchanged, its bytes lowered
+        at_peak["params"] -= 2 * (nparams - p_el)
+        at_peak["grads"] -= 2 * (nparams - g_el)
+        check_fits()
+    dev.memory.capacity = cap
+    out["memory_peak"] = int(dev.memory.peak - cut)
+    out["memory_at_peak"] = at_peak
     del kept
     return out
+
+
+def _dp_peers(dp, tp, cl):
+    """dp peers in a node (Megatron's rank order: tp fastest, then dp): g of them, dp/g nodes."""
+    g = max(1, min(dp, cl.gpus_per_node // tp))  # dp peers sit tp ranks apart: gpus_per_node / tp in a node
+    while dp % g:
+        g -= 1
+    return g
+
+
+def _dp_collective(kind, nbytes, dp, tp, cl):
+    """Hierarchical ring ``kind`` ("reduce_scatter" or "all_gather") of ``nbytes`` (the
+    full buffer) over dp replicas: a reduce-scatter inside the node (NVLink, g peers), then
+    of 1/g of it across the dp/g nodes (InfiniBand, each GPU its own rail); an all-gather
+    the other way round. A reduce-scatter plus an all-gather is ``_dp_allreduce`` (ring:
+    the same bytes, the same alphas)."""
+    if dp == 1:
+        return 0.0
+    if kind not in ("reduce_scatter", "all_gather"):
+        raise ValueError(f"_dp_collective: kind={kind!r}, use 'reduce_scatter' or 'all_gather'")
+    g = _dp_peers(dp, tp, cl)
+    f = getattr(cost, kind)
+    t = f("ring", g, nbytes, cl.intra_latency, 1.0 / cl.intra_bandwidth) if g > 1 else 0.0
+    if dp // g > 1:
+        t += f("ring", dp // g, nbytes / g, cl.inter_latency, 1.0 / cl.inter_bandwidth)
+    return t
 
 
 def _dp_allreduce(nbytes, dp, tp, pp, cl):
@@ -254,9 +360,7 @@ def _dp_allreduce(nbytes, dp, tp, pp, cl):
     in a node (Megatron's rank order: tp fastest, then dp), dp/g nodes."""
     if dp == 1:
         return 0.0
-    g = max(1, min(dp, cl.gpus_per_node // tp))  # dp peers sit tp ranks apart: gpus_per_node / tp in a node
-    while dp % g:
-        g -= 1
+    g = _dp_peers(dp, tp, cl)
     ai, bi = cl.intra_latency, 1.0 / cl.intra_bandwidth
     ae, be = cl.inter_latency, 1.0 / cl.inter_bandwidth
     t = 0.0
@@ -269,7 +373,7 @@ def _dp_allreduce(nbytes, dp, tp, pp, cl):
 
 def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, global_batch=None,
             schedule="interleaved", num_chunks=None, recompute="full", sequence_parallel=False,
-            hardware=None, efficiency=None, dropout=True):
+            hardware=None, efficiency=None, dropout=True, zero_stage=0):
     """Predict one training step of ``model_cfg`` (a GPTConfig) on ``tp * pp * dp`` GPUs of
     ``cluster`` (a preset name or Cluster). See the module docstring for the model.
 
@@ -277,6 +381,8 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
     2 where a stage's layers divide by 2, else 1). recompute: "full" (Megatron 2021) or
     None. efficiency: op-class efficiencies over ``EFFICIENCY`` (e.g. ``{"matmul": 0.8}``).
     dropout: charge Megatron's dropout kernels (attention probabilities and hidden, p = 0.1).
+    zero_stage: 0 (plain data parallel, Megatron 2021), or ZeRO stage 1, 2 or 3 over the dp
+    replicas (Rajbhandari et al. 2020; see "ZeRO" in the module docstring).
     Returns a :class:`Prediction`; raises OutOfMemoryError if stage 0 does not fit."""
     from ..comm.launch import launch
     from ..nn.transformer import GPTConfig
@@ -307,6 +413,10 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
     m = global_batch // (micro_batch * dp)
     if schedule not in ("1f1b", "interleaved"):
         raise ValueError(f"predict: schedule={schedule!r}; use '1f1b' or 'interleaved'")
+    if isinstance(zero_stage, bool) or zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"predict: zero_stage={zero_stage!r}; use 0 (plain data parallel), 1 (optimizer state "
+                         f"sharded over dp), 2 (+ gradients) or 3 (+ parameters)")
+    zero_stage = int(zero_stage)
     if recompute not in ("full", None):
         raise ValueError(f"predict: recompute={recompute!r}; use 'full' (Megatron 2021) or None")
     per_stage = L // pp
@@ -323,7 +433,7 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
     def stage(first, last):
         res = launch(_stage_program, tp, args=(cfg1, hw, micro_batch, per_stage, first, last,
                                                bool(sequence_parallel) and tp > 1, recompute == "full",
-                                               in_flight, bool(dropout)), network=cl.network())
+                                               in_flight, bool(dropout), zero_stage, dp), network=cl.network())
         return res[0]
 
     s0 = stage(True, pp == 1)
@@ -335,19 +445,38 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
     # p2p between stages: b s h / t 16-bit values per crossing, on each rank's own rail
     b, s, h = micro_batch, model_cfg.seq_len, model_cfg.d_model
     p2p = (cl.inter_latency + 2 * b * s * h / tp / cl.inter_bandwidth) if pp > 1 else 0.0
-    t_f = per_stage * lay["fwd"] + heavy["head"]["fwd"] + v * p2p
-    t_b = per_stage * lay["bwd"] + heavy["head"]["bwd"] + v * p2p
+    # ZeRO inside the pipeline, per micro-batch, not overlapped (no prefetch): stage 3 all-gathers
+    # each unit's 16-bit params before its forward and again before its backward (the recomputed
+    # forward and the backward share that gather); stages 2-3 reduce-scatter each unit's 16-bit
+    # gradients after its backward (only my shard of them is kept between micro-batches)
+    heavy_units = heavy["units"]
+    zf = zb = 0.0
+    if zero_stage == 3:
+        zf = sum(_dp_collective("all_gather", 2 * n, dp, tp, cl) for n in heavy_units)
+        zb = zf
+    if zero_stage >= 2:
+        zb += sum(_dp_collective("reduce_scatter", 2 * n, dp, tp, cl) for n in heavy_units)
+    t_f = per_stage * lay["fwd"] + heavy["head"]["fwd"] + v * p2p + zf
+    t_b = per_stage * lay["bwd"] + heavy["head"]["bwd"] + v * p2p + zb
     slots = play(ops, v, t_f, t_b) if pp > 1 else None
     makespan = max(x.end for x in slots) if slots else m * (t_f + t_b)
     busy = m * (t_f + t_b)
-    dp_t = _dp_allreduce(2 * max(s0["nparams"], sl["nparams"]), dp, tp, pp, cl)
+    nbytes = 2 * max(s0["nparams"], sl["nparams"])
+    if zero_stage == 0:
+        dp_t = _dp_allreduce(nbytes, dp, tp, pp, cl)
+    elif zero_stage == 1:  # reduce-scatter the gradients, Adam on my shard, all-gather the params
+        dp_t = _dp_collective("reduce_scatter", nbytes, dp, tp, cl) + _dp_collective("all_gather", nbytes, dp, tp, cl)
+    elif zero_stage == 2:  # the gradients were reduce-scattered in the pipeline; all-gather the params
+        dp_t = _dp_collective("all_gather", nbytes, dp, tp, cl)
+    else:  # stage 3: the params stay sharded (gathered in the next step's pipeline)
+        dp_t = 0.0
     if pp > 1:  # the tied word embedding: its gradient summed between the first and the last stage
         dp_t += cost.all_reduce("ring", 2, 2 * h * model_cfg.vocab_size // tp, cl.inter_latency,
                                 1.0 / cl.inter_bandwidth)
     opt_t = max(s0["optimizer"], sl["optimizer"])
     compute = m * (per_stage * (lay["fwd_compute"] + lay["bwd_compute"]) + head)
     breakdown = {"compute": compute, "tp_comm": m * per_stage * (tp_f + tp_b), "pp_p2p": m * 2 * v * p2p,
-                 "pp_bubble": makespan - busy, "dp_comm": dp_t, "optimizer": opt_t}
+                 "pp_bubble": makespan - busy, "dp_comm": dp_t + m * (zf + zb), "optimizer": opt_t}
     step = makespan + dp_t + opt_t
     from .megatron_table import model_flops_eq3
 
@@ -358,7 +487,7 @@ def predict(model_cfg, cluster="DGX-A100", tp=1, pp=1, dp=1, micro_batch=1, glob
                       s0["memory_peak"], s0["memory_at_peak"],
                       {"tp": tp, "pp": pp, "dp": dp, "micro_batch": micro_batch, "global_batch": global_batch,
                        "num_microbatches": m, "num_chunks": v, "schedule": schedule if pp > 1 else "-",
-                       "recompute": recompute, "sequence_parallel": bool(sequence_parallel), "dropout": bool(dropout),
+                       "recompute": recompute, "zero_stage": zero_stage, "sequence_parallel": bool(sequence_parallel), "dropout": bool(dropout),
                        "hardware": hw.name, "cluster": cl.name},
                       (heavy["head"]["fwd"], heavy["head"]["bwd"]), max(s0["nparams"], sl["nparams"]))
 
