@@ -31,6 +31,7 @@ class Report:
     mpi_works: bool = False
     mpi_error: str | None = None
     nccl: bool = False
+    torch: str | None = None
     notes: list = field(default_factory=list)
 
     def engine_for(self, level: str) -> str:
@@ -84,6 +85,8 @@ class Report:
             ("mpi4py", self.mpi4py or "not installed"),
             ("MPI works", yn(self.mpi_works) + ("" if self.mpi_works or not self.mpi_error else f" ({self.mpi_error})")),
             ("NCCL", yn(self.nccl)),
+            ("torch", (f"{self.torch} (backend='torch' runs on its gloo; started by mpiexec)" if self.torch
+                       else "not installed (pip install 'mlscale[torch]' for backend='torch')")),
         ]
         out = ["mlscale doctor: what this machine offers"]
         out += [f"  {k:<15} {v}" for k, v in rows]
@@ -180,6 +183,7 @@ def doctor(check_mpi=True, verbose=True) -> Report:
         r.nccl = bool(r.cupy) and _version("cupy.cuda.nccl") is not None
     r.mpiexec = find_mpiexec()
     r.mpi4py = _version("mpi4py")
+    r.torch = _dist_version("torch")  # from the metadata: importing torch takes seconds
     if r.mpiexec and r.mpi4py and check_mpi:
         r.mpi_works, r.mpi_error = _check_mpi(r.mpiexec)
     elif not r.mpi4py:

@@ -64,3 +64,10 @@ def test_doctor_does_not_import_numba():
     imported, has_numba, sim = out.split()
     assert imported == "False"
     assert has_numba == "True" and sim == "True"  # the dev environment has numba and numba-cuda
+
+
+def test_doctor_says_whether_the_torch_engine_can_run():
+    from mlscale.doctor import Report
+
+    assert any("pip install 'mlscale[torch]'" in line for line in Report(torch=None).lines())
+    assert any(line.split()[:2] == ["torch", "2.13.0"] for line in Report(torch="2.13.0").lines())
