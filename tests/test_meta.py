@@ -536,3 +536,12 @@ def test_mixed_precision_on_meta_holds_16_bytes_per_parameter():
     assert (live["params"], live["grads"]) == (ref["params"], ref["grads"])
     assert live["optimizer"] == ref["fp32_params"] + ref["adam_m"] + ref["adam_v"] == 12 * n
     assert mp.model.params.dtype == np.float16 and mp.master.dtype == np.float32
+
+
+def test_a_real_array_as_out_of_a_shape_only_op_is_refused():
+    from mlscale.meta import Meta, ShapeOnlyError
+
+    xp = Meta()
+    a = xp.zeros((3, 4))
+    with pytest.raises(ShapeOnlyError, match=r"np.add: out= must be a shape-only array, got ndarray"):
+        np.add(a, a, out=np.empty((3, 4)))

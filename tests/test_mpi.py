@@ -257,14 +257,38 @@ def test_p2p_header_protocol(p):
     assert all(c > 70 for c in section(p, "p2p"))
 
 
-@pytest.mark.parametrize("p", WORLD_SIZES)
-def test_recv_out_mismatch_names_source_shapes_dtypes(p):
-    for r, msgs in enumerate(section(p, "out_mismatch")):
+# the assertions on what the sections returned (tests/test_torch.py makes them too)
+def check_out_mismatch(values, p):
+    for r, msgs in enumerate(values):
         left = (r - 1) % p
         assert all(f"from rank {left}" in m for m in msgs)
         assert "(10,)" in msgs[0] and "(11,)" in msgs[0]
         assert "float32" in msgs[1] and "float64" in msgs[1]
         assert "(5,)" in msgs[2] and "(5, 1)" in msgs[2]
+
+
+def check_mismatch(values, p):
+    for r, (found, after) in enumerate(values):
+        for what, msg, words in found:
+            assert msg is not None, f"rank {r}: mismatched {what} was not detected"
+            assert f"rank {r} of {p}" in msg and " on rank" in msg and all(w in msg for w in words), msg
+        assert after == [p] * 5
+
+
+def check_ring_bytes(values, p):
+    for counts in values:
+        for n, (sent, msgs, nbytes) in counts.items():
+            exact = 2 * (p - 1) / p * nbytes
+            if n % p == 0:
+                assert sent == exact, (n, sent, exact)
+            else:
+                assert abs(sent - exact) <= 2 * (p - 1) * 4, (n, sent, exact)
+            assert msgs == 2 * (p - 1)
+
+
+@pytest.mark.parametrize("p", WORLD_SIZES)
+def test_recv_out_mismatch_names_source_shapes_dtypes(p):
+    check_out_mismatch(section(p, "out_mismatch"), p)
 
 
 @pytest.mark.parametrize("p", WORLD_SIZES)
@@ -280,23 +304,12 @@ def test_collectives_length_1000(p):
 
 @pytest.mark.parametrize("p", WORLD_SIZES)
 def test_mismatched_arguments_raise_on_every_rank(p):
-    for r, (found, after) in enumerate(section(p, "mismatch")):
-        for what, msg, words in found:
-            assert msg is not None, f"rank {r}: mismatched {what} was not detected"
-            assert f"rank {r} of {p}" in msg and " on rank" in msg and all(w in msg for w in words), msg
-        assert after == [p] * 5
+    check_mismatch(section(p, "mismatch"), p)
 
 
 @pytest.mark.parametrize("p", WORLD_SIZES)
 def test_ring_sends_2_p_minus_1_over_p_of_the_data(p):
-    for counts in section(p, "ring_bytes"):
-        for n, (sent, msgs, nbytes) in counts.items():
-            exact = 2 * (p - 1) / p * nbytes
-            if n % p == 0:
-                assert sent == exact, (n, sent, exact)
-            else:
-                assert abs(sent - exact) <= 2 * (p - 1) * 4, (n, sent, exact)
-            assert msgs == 2 * (p - 1)
+    check_ring_bytes(section(p, "ring_bytes"), p)
 
 
 @pytest.mark.parametrize("p", WORLD_SIZES)

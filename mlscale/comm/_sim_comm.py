@@ -169,15 +169,7 @@ class SimComm(Communicator):
 
     def _recv(self, src, tag, out, timeout=None):
         sim, R, ctx, gsrc = self.sim, self._R, self.ctx, self.group[src]
-        # (sim.post_recv_box, inlined: once per message)
-        box = sim.boxes.get((ctx, gsrc, R.rank, tag)) or sim._box(ctx, gsrc, R.rank, tag)
-        idx = box.nposted
-        box.nposted = idx + 1
-        rdv = box.waiting.get(idx)
-        if rdv is not None:
-            sim._match(box, idx, rdv, R.clock)
-        elif idx not in box.msgs:
-            box.posted_at[idx] = R.clock
+        box, idx = sim.post_recv_box(R, ctx, gsrc, tag)
         deadline = None if timeout is None else R.clock + timeout
         return sim.take(R, ctx, gsrc, tag, idx, out, deadline,
                         lambda: _doing(self, tag, f"recv(src={src}, tag={tag})", f"recv(src={src})"), box)
@@ -220,15 +212,7 @@ class SimComm(Communicator):
             return super().sendrecv(x, dst, src, tag, out, _internal, _give)
         sim, R, group, ctx = self.sim, self._R, self.group, self.ctx
         gsrc = group[src]
-        # (sim.post_recv_box, inlined: it runs once per message)
-        box = sim.boxes.get((ctx, gsrc, R.rank, tag)) or sim._box(ctx, gsrc, R.rank, tag)
-        idx = box.nposted
-        box.nposted = idx + 1
-        rdv = box.waiting.get(idx)
-        if rdv is not None:
-            sim._match(box, idx, rdv, R.clock)
-        elif idx not in box.msgs:
-            box.posted_at[idx] = R.clock
+        box, idx = sim.post_recv_box(R, ctx, gsrc, tag)
         buf = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         self.nbytes_sent += buf.nbytes
         self.messages_sent += 1
@@ -280,8 +264,7 @@ class SimComm(Communicator):
         """Sub-communicators (MPI_Comm_split): ranks with the same ``color`` form a
         group ordered by ``(key, rank)``; ``color=None`` gets None back."""
         seq = self._coll_seq
-        extras = self._agree(("split", None, None, None, None, None), (color, self.rank if key is None else key))
-        self._coll_seq += 1
+        extras = self._agree_step(("split", None, None, None, None, None), (color, self.rank if key is None else key))
         if color is None:
             return None
         members = sorted((k, r) for r, (c, k) in enumerate(extras) if c == color)

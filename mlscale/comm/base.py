@@ -105,6 +105,14 @@ class Communicator:
         ``extra`` in rank order."""
         raise NotImplementedError
 
+    def _agree_step(self, signature, extra=None) -> list:
+        """``_agree`` counted as one step of the collective sequence, as a collective's own
+        argument check is (split, uneven all-to-all counts, a layer's flags): the same
+        numbering of collectives on every rank, in error messages too."""
+        every = self._agree(signature, extra)
+        self._coll_seq += 1
+        return every
+
     def _native(self, name):
         """The engine's own implementation of collective ``name``, or None."""
         return None
@@ -451,8 +459,7 @@ class Communicator:
             if uniform:
                 extras = [(mine, None)] * p
             else:
-                extras = self._agree(("all_to_all", key, dt.str, None, algorithm, None), (mine, expect))
-                self._coll_seq += 1
+                extras = self._agree_step(("all_to_all", key, dt.str, None, algorithm, None), (mine, expect))
         counts = [list(e[0]) for e in extras]
         bad = [f"rank {i} expects {e[1][j]} row(s) from rank {j}, which sends it {counts[j][i]}"
                for i, e in enumerate(extras) if e[1] is not None for j in range(p) if e[1][j] != counts[j][i]]

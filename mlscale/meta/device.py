@@ -40,7 +40,7 @@ import numpy as np
 from .accounting import KINDS, OP_CLASSES, Costs, GiB, Memory, OutOfMemoryError, _Fusion
 from .array import MetaArray
 from .functions import _WHERE, MetaRNG, NumpyFunctions, _Random
-from .shapes import NO_DEVICE, index_shape, norm_axes, reduce_dtype, ufunc_dtypes
+from .shapes import NO_DEVICE, ShapeOnlyError, index_shape, norm_axes, reduce_dtype, ufunc_dtypes
 
 
 class _Ufunc:

@@ -126,8 +126,6 @@ class NumpyFunctions:
     triu = tril
 
     def broadcast_to(self, a, shape):
-        from .array import _layout
-
         lay = np.broadcast_to(_layout(a), tuple(shape))
         return a._view(lay.shape, lay)
 

@@ -94,8 +94,7 @@ def _agree_flags(comm, where, q, **flags):
     if not getattr(comm, "check", True) or comm.world_size == 1:
         return
     mine = tuple(sorted(flags.items())) + (("dtype", str(q.dtype)),)
-    every = comm._agree((where, None, None, None, None, None), mine)
-    comm._coll_seq += 1
+    every = comm._agree_step((where, None, None, None, None, None), mine)
     if any(e != every[0] for e in every[1:]):
         diffs = []
         for i, (name, _) in enumerate(mine):

@@ -51,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fsdp_precision import MixedPrecisionPolicy, found_inf, resolve_policy
-from .fsdp_units import KINDS, MemoryLedger, Unit, _Ready, _state_nbytes, _unbind, assemble, make_units  # noqa: F401
+from .fsdp_units import KINDS, MemoryLedger, Unit, _Ready, _state_nbytes, _unbind, assemble, make_units, unit_optimizer  # noqa: F401
 
 
 class FSDP:
@@ -122,12 +122,7 @@ class FSDP:
                 view = model.params[u.start + u.lo:u.start + u.hi]
             else:
                 view = self.shards[u.index]
-            opt = make_optimizer(view) if view.size else None
-            if opt is not None and getattr(opt, "params", None) is not view:
-                raise TypeError("make_optimizer must build the optimizer on the array it is given, "
-                                "e.g. lambda shard: nn.Adam(shard, lr=1e-3)")
-            self.ledger.alloc("optimizer", _state_nbytes(opt))
-            self.optimizers.append(opt)
+            self.optimizers.append(unit_optimizer(make_optimizer, view, self.ledger))
 
     # -- buffers ----------------------------------------------------------------------
     def _alloc(self, kind, n, zero=False, dtype=None):

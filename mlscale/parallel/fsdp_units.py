@@ -112,4 +112,15 @@ def _state_nbytes(opt):
     return sum(int(v.nbytes) for v in opt._state().values() if hasattr(v, "nbytes"))
 
 
+def unit_optimizer(make_optimizer, view, ledger):
+    """``make_optimizer(view)`` for one unit's (shard of) parameters, None for an empty one;
+    its state is counted in ``ledger``. The optimizer must be built on ``view`` itself."""
+    opt = make_optimizer(view) if view.size else None
+    if opt is not None and getattr(opt, "params", None) is not view:
+        raise TypeError("make_optimizer must build the optimizer on the array it is given, "
+                        "e.g. lambda shard: nn.Adam(shard, lr=1e-3)")
+    ledger.alloc("optimizer", _state_nbytes(opt))
+    return opt
+
+
 __all__ = ["KINDS", "MemoryLedger", "Unit", "make_units", "assemble"]

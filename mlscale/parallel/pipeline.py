@@ -85,12 +85,16 @@ class PipelineStage:
             nbytes += int(x.nbytes)
             x = c.forward(x)
             copies.append(c)
+        self._keep(microbatch, copies, nbytes)
+        return x
+
+    def _keep(self, microbatch, copies, nbytes):
+        """Stash micro-batch ``microbatch``'s layer copies (``nbytes`` of inputs) for its backward."""
         self.stash[microbatch] = copies
         self._bytes[microbatch] = nbytes
         self.stash_bytes += nbytes
         self.peak_in_flight = max(self.peak_in_flight, len(self.stash))
         self.peak_stash_bytes = max(self.peak_stash_bytes, self.stash_bytes)
-        return x
 
     def backward(self, dout, microbatch):
         """Backward of ``microbatch`` through my layers, ADDING into the grads; frees its stash."""

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import copy
 
-from .fsdp_units import MemoryLedger, _Ready, _state_nbytes, _unbind, make_units
+from .fsdp_units import MemoryLedger, _Ready, _unbind, make_units, unit_optimizer
 from .pipeline import PipelineStage
 from .zero import ring_bytes_per_rank
 
@@ -114,12 +114,7 @@ class ShardedStage(PipelineStage):
             views = self.shards
         self.optimizers = []
         for v in views:
-            opt = make_optimizer(v) if v.size else None
-            if opt is not None and getattr(opt, "params", None) is not v:
-                raise TypeError("make_optimizer must build the optimizer on the array it is given, "
-                                "e.g. lambda shard: nn.Adam(shard, lr=1e-3)")
-            self.ledger.alloc("optimizer", _state_nbytes(opt))
-            self.optimizers.append(opt)
+            self.optimizers.append(unit_optimizer(make_optimizer, v, self.ledger))
         # the full buffers of my stage go: grads always, params too for stage 3
         self.grads = xp.empty(0, self.dtype)
         for layer in self.layers:
@@ -198,11 +193,7 @@ class ShardedStage(PipelineStage):
                 if k < last and not self.prefetch:
                     pending[k + 1] = self._start_gather(k + 1, False)
             copies.append(c)
-        self.stash[microbatch] = copies
-        self._bytes[microbatch] = nbytes
-        self.stash_bytes += nbytes
-        self.peak_in_flight = max(self.peak_in_flight, len(self.stash))
-        self.peak_stash_bytes = max(self.peak_stash_bytes, self.stash_bytes)
+        self._keep(microbatch, copies, nbytes)
         return x
 
     def backward(self, dout, microbatch):
