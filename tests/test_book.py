@@ -202,6 +202,74 @@ def test_launch_buttons_open_this_notebook(site, nb):
     }
 
 
+def _launch_dropdown(text: str) -> dict[str, str]:
+    """The launch buttons of a page: {tooltip: href} of the items of its rocket dropdown."""
+    assert text.count('class="dropdown dropdown-launch-buttons"') == 1, "no launch dropdown, or two"
+    menu = text.split('class="dropdown dropdown-launch-buttons"')[1].split("</ul>")[0]
+    return {a["title"]: a["href"] for a in Page(menu).anchors}
+
+
+def test_every_page_has_launch_buttons(site):
+    """Every page of the site (not only the notebooks) has the theme's rocket dropdown
+    with a Binder and a Colab button: on a notebook page they open that notebook, on an
+    API page the notebook of its package (build_book.API_NOTEBOOKS), on every other page
+    (landing page, API index, docs/, search, index) Binder opens JupyterLab on the
+    notebooks/ folder and Colab the first notebook; each tooltip says which."""
+    owner, repo = urllib.parse.urlsplit(build_book.repository_url()).path.strip("/").split("/")[:2]
+    branch = build_book.REPOSITORY_BRANCH
+    binder = f"https://mybinder.org/v2/gh/{owner}/{repo}/{branch}?urlpath=lab/tree/"
+    colab = f"https://colab.research.google.com/github/{owner}/{repo}/blob/{branch}/"
+    pages = _book.site_pages(site)
+    assert len(pages) >= len(NOTEBOOKS) + len(build_book.API_PACKAGES) + 5
+    kinds = {"notebook": 0, "api": 0, "other": 0}
+    for rel, f in pages.items():
+        buttons = _launch_dropdown(f.read_text())
+        if rel.startswith("notebooks/"):
+            path = f"notebooks/{pathlib.Path(rel).stem}.ipynb"
+            expected = {"Launch on Binder": binder + path, "Launch on Colab": colab + path}
+            kinds["notebook"] += 1
+        elif rel.startswith("api/mlscale."):
+            package = rel[len("api/"):-len(".html")]
+            path = f"notebooks/{build_book.API_NOTEBOOKS[package]}.ipynb"
+            expected = {f"Launch on Binder: {path}, the notebook of {package}": binder + path,
+                        f"Launch on Colab: {path}, the notebook of {package}": colab + path}
+            kinds["api"] += 1
+        else:
+            first = f"notebooks/{NOTEBOOKS[0].name}"
+            expected = {"Launch on Binder: JupyterLab on the course's notebooks/ folder": binder + "notebooks",
+                        f"Launch on Colab: {first}, the first notebook": colab + first}
+            kinds["other"] += 1
+        assert buttons == expected, rel
+        assert (ROOT / expected[next(iter(expected))].split("lab/tree/")[1]).exists(), rel
+    assert kinds == {"notebook": len(NOTEBOOKS), "api": len(build_book.API_PACKAGES),
+                     "other": len(pages) - len(NOTEBOOKS) - len(build_book.API_PACKAGES)}
+    assert {"index.html", "api/index.html", "search.html", "genindex.html"} <= set(pages)
+
+
+def test_each_api_page_launches_the_notebook_of_its_package():
+    """API_NOTEBOOKS maps every API page to a notebook that exists and whose code uses at
+    least one class or function the package defines (so the mapping cannot drift into
+    nonsense: mlscale.ops -> 10_gpu_kernels, which calls its kernels)."""
+    import importlib
+    import inspect
+    import pkgutil
+    assert set(build_book.API_NOTEBOOKS) == set(build_book.API_PACKAGES), \
+        "every API page needs its notebook in tools/build_book.py API_NOTEBOOKS"
+    for package, stem in build_book.API_NOTEBOOKS.items():
+        nb = ROOT / "notebooks" / f"{stem}.ipynb"
+        assert nb in NOTEBOOKS, (package, stem)
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        top = importlib.import_module(package)
+        mods = [top] + [importlib.import_module(f"{package}.{m.name}")
+                        for m in pkgutil.iter_modules(getattr(top, "__path__", []))]
+        names = {k for m in mods for k, v in vars(m).items()
+                 if (inspect.isclass(v) or inspect.isfunction(v)) and v.__module__ == m.__name__
+                 and not k.startswith("_") and len(k) >= 4}
+        used = {n for n in names if re.search(rf"\b{n}\b", code)}
+        assert used, f"{stem}.ipynb uses nothing {package} defines"
+
+
 def test_the_landing_page_launches_the_course(site):
     hrefs = [a.get("href") for a in page(site, "index.html").anchors]
     for url in build_book.launch_urls(f"notebooks/{NOTEBOOKS[0].name}").values():

@@ -6,7 +6,7 @@ directly. All three are pure-Python pip packages (Jupyter Book 2 needs Node.js f
 API reference, and a client-side search index; myst-nb reads the notebooks with their
 stored outputs (``nb_execution_mode = "off"``: the book never runs a notebook, ``make
 test`` does); the book theme draws the Binder and Colab launch buttons of every notebook
-page. tools/build_book.py stages the sources (README as ``index``, the notebooks, the
+page (_launch_buttons_everywhere below: the same dropdown on every other page). tools/build_book.py stages the sources (README as ``index``, the notebooks, the
 generated API pages) in the same layout as the repository, so relative links and the
 launch buttons' notebook paths are those of the repository.
 """
@@ -25,7 +25,8 @@ import re  # noqa: E402
 
 from docutils import nodes  # noqa: E402
 
-from build_book import REPOSITORY_BRANCH, repository_url  # noqa: E402
+from build_book import (BINDERHUB_URL, COLAB_URL, REPOSITORY_BRANCH,  # noqa: E402
+                        page_launch_buttons, repository_url)
 
 project = "mlscale"
 author = "the mlscale authors"
@@ -62,8 +63,8 @@ html_theme_options = {
     "use_repository_button": True,
     "use_download_button": True,
     "launch_buttons": {
-        "binderhub_url": "https://mybinder.org",
-        "colab_url": "https://colab.research.google.com",
+        "binderhub_url": BINDERHUB_URL,
+        "colab_url": COLAB_URL,
         "notebook_interface": "jupyterlab",
     },
     "show_toc_level": 2,
@@ -150,7 +151,29 @@ def _blocks(app, what, name, obj, options, lines):
     lines[:] = out
 
 
+LAUNCH_ICONS = {"Binder": "_static/images/logo_binder.svg", "Colab": "_static/images/logo_colab.png"}
+
+
+def _launch_buttons_everywhere(app, pagename, templatename, context, doctree):
+    """sphinx-book-theme puts its launch dropdown (the rocket: Binder, Colab) on notebook
+    pages only; give every other page (the landing page, the API reference, docs/,
+    search, the index) the same dropdown, in the same place (the first header button),
+    as the same button dicts the theme's template renders, to the targets of
+    build_book.page_launch_buttons (an API page: the notebook of its package)."""
+    buttons = context.get("header_buttons")
+    if buttons is None or any(b.get("label") == "launch-buttons" for b in buttons):
+        return          # not a book-theme page, or a notebook page: the theme's own buttons
+    from sphinx.locale import get_translation
+    _ = get_translation("booktheme")
+    links = [{"type": "link", "text": name, "tooltip": tooltip, "icon": LAUNCH_ICONS[name], "url": url}
+             for name, (url, tooltip) in page_launch_buttons(pagename).items()]
+    buttons.insert(0, {"type": "group", "tooltip": _("Launch interactive content"),
+                       "icon": "fas fa-rocket", "buttons": links, "label": "launch-buttons"})
+
+
 def setup(app):
+    # after the theme's own header buttons (priority 501), before the page is rendered
+    app.connect("html-page-context", _launch_buttons_everywhere, priority=502)
     app.connect("doctree-resolved", _unlink_problematic)
     app.connect("autodoc-process-docstring", _escape_bars)
     app.connect("autodoc-process-docstring", _blocks)
