@@ -252,6 +252,25 @@ def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "1", verbose: bool = Fals
     return html
 
 
+_PROBLEM = re.compile(r"(?:^|: )(WARNING|ERROR|CRITICAL): ")
+
+
+def problems(out: pathlib.Path = DEFAULT_OUT) -> list[str]:
+    """Every problem of the book as last built into ``out``, each as its first line
+    (``path:line: WARNING: message [type]``): what each page's reading logged, as
+    tools/sphinx_problems.py keeps it across incremental builds (a page not read again
+    keeps its problems), then what this build logged in ``out/sphinx.log`` besides (the
+    writing of the pages it wrote: a broken cross-reference, say)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from sphinx_problems import read_problems
+    out = pathlib.Path(out).resolve()
+    kept = [p.splitlines()[0] for lines in read_problems(out / "doctrees").values() for p in lines]
+    log = out / "sphinx.log"
+    logged = [line.strip() for line in log.read_text(errors="replace").splitlines()
+              if _PROBLEM.search(line.strip())] if log.exists() else []
+    return kept + [line for line in logged if line not in kept]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
@@ -270,13 +289,14 @@ def main(argv=None) -> int:
         html = build(args.out, jobs=args.jobs, verbose=args.verbose)
     except BookBuildError as e:
         raise SystemExit(f"make book: {e}") from None
-    warnings = (pathlib.Path(args.out).resolve() / "sphinx.log")
-    n = sum(1 for line in warnings.read_text().splitlines() if " WARNING: " in line or " ERROR: " in line) \
-        if warnings.exists() else 0
+    found = problems(args.out)
     print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")
-    if n:
-        print(f"  Sphinx reported {n} problems in the pages it (re)built, most of them docstrings"
-              f" that are not valid reStructuredText: {warnings}")
+    if found:
+        print(f"  {len(found)} problems (warnings or errors; tests/test_book.py wants none):")
+        for line in found:
+            print("    " + line)
+        print(f"  (in full: {pathlib.Path(args.out).resolve() / 'doctrees' / 'problems.json'},"
+              f" and {pathlib.Path(args.out).resolve() / 'sphinx.log'} for this build)")
     return 0
 
 

@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))            # autodoc imports this checkout's mlscale
 sys.path.insert(0, str(ROOT / "tools"))
 
+import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
 import re  # noqa: E402
@@ -36,7 +37,13 @@ extensions = [
     "myst_nb",               # .md (MyST) and .ipynb sources; registers myst_parser itself
     "sphinx.ext.autodoc",
     "sphinx.ext.linkcode",   # "[source]" of every documented object: the file on the repository
+    "sphinx_problems",       # tools/sphinx_problems.py: every page's warnings, kept across builds
 ]
+# the docstring hooks below shape every API page, but Sphinx does not see a change of
+# this file's functions (only of its settings): this digest of the hooks' sources is a
+# setting (registered in setup), so an edit of them makes Sphinx read every page again
+book_hooks_digest = hashlib.sha256(pathlib.Path(__file__).read_bytes()
+                                   + (ROOT / "tools" / "sphinx_problems.py").read_bytes()).hexdigest()
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
@@ -123,15 +130,25 @@ _CODE = re.compile(r"\s+(>>>|from |import |for |def |return |print\(|[\w.\[\], ]
 
 
 _ITEM = re.compile(r"\s*(\d+\.|[-*])\s+")
+_BORDER = re.compile(r"\s*=+( +=+)+\s*$")
 
 
 def _blocks(app, what, name, obj, options, lines):
     """The docstrings are laid out as plain text: an indented example right under a line
     of prose, a list whose items run on without blank lines. reST wants a blank line
     around every indented block: add them, and make a block after a line ending in ":"
-    a literal (code) block, as it almost always is one."""
-    out, prev = [], ""
-    for line in lines:
+    a literal (code) block, as it almost always is one. A simple table (``=====  ===``
+    borders) is reST already, where a row's continuation lines are indented on purpose:
+    it is passed through as it is."""
+    out, prev, table = [], "", False
+    for i, line in enumerate(lines):
+        if _BORDER.match(line) or table:   # a table: from its first border to its last
+            if _BORDER.match(line):
+                after = lines[i + 1] if i + 1 < len(lines) else ""
+                table = not table or bool(after.strip())   # the last border: a blank line after
+            out.append(line)
+            prev = line
+            continue
         if line.strip() and not prev.strip() and _indent(line) > 0 and _CODE.match(line):
             last = next((x for x in reversed(out) if x.strip()), "")
             if _indent(last) < _indent(line) and not last.rstrip().endswith("::"):
@@ -140,7 +157,9 @@ def _blocks(app, what, name, obj, options, lines):
                 out[len(out) - 1:len(out) - 1] = [" " * pad + "::"] if out else []  # a code block: literal
         if line.strip() and prev.strip():
             a, b = _indent(prev), _indent(line)
-            if b > a and not prev.rstrip().endswith("::") and not prev.lstrip().startswith(("- ", "* ")):
+            # a list item's continuation lines are indented under its text: not a block
+            item = _ITEM.match(prev)
+            if b > a and not prev.rstrip().endswith("::") and not (item and b <= len(item.group(0))):
                 if prev.rstrip().endswith(":"):
                     out[-1] = prev.rstrip() + ":"
                 out.append("")
@@ -172,6 +191,7 @@ def _launch_buttons_everywhere(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
+    app.add_config_value("book_hooks_digest", "", "env")
     # after the theme's own header buttons (priority 501), before the page is rendered
     app.connect("html-page-context", _launch_buttons_everywhere, priority=502)
     app.connect("doctree-resolved", _unlink_problematic)
