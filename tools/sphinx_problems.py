@@ -10,6 +10,10 @@ it, a removed page loses it. After every build, all of it is written to
 ``<doctrees>/problems.json`` (``{docname: [line, ...]}``, each line as Sphinx prints it,
 ``path:line: WARNING: message [type]``); :func:`read_problems` reads it back.
 
+What Sphinx logs after the reading (the consistency check: a page in no toctree; the
+writing: a broken cross-reference) is not kept: it is in the log of the build that
+logged it (build_book.problems reads that too).
+
 An environment pickled by a build without this extension (no record) makes Sphinx read
 every page again, so the record is never partial. Warnings silenced by
 ``suppress_warnings`` are not kept, as Sphinx does not print them.

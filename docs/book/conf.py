@@ -126,7 +126,9 @@ def _indent(line):
     return len(line) - len(line.lstrip())
 
 
-_CODE = re.compile(r"\s+(>>>|from |import |for |def |return |print\(|[\w.\[\], ]+\s*=[^=]|[\w.]+\(.*\)\s*(#|$))")
+# the first line of an indented example: Python, or a command line (mlscale bench ..., torchrun ...)
+_CODE = re.compile(r"\s+(>>>|from |import |for |def |return |print\(|[\w.\[\], ]+\s*=[^=]|[\w.]+\(.*\)\s*(#|$)"
+                   r"|(mlscale|python|pip|torchrun|mpiexec|mpirun) [-\w]|PYTHONPATH=|\$ )")
 
 
 _ITEM = re.compile(r"\s*(\d+\.|[-*])\s+")
