@@ -202,7 +202,7 @@ def tp_train_torch(comm, X, Y, mesh_sizes=None, **kw):
     with _quiet_torch():
         for ours, theirs in TP_NAMES.items():
             p = net.get_parameter(theirs).detach()
-            placements[theirs] = (tuple(str(q) for q in p.placements), tuple(p.to_local().shape))
+            placements[theirs] = (tuple(repr(q) for q in p.placements), tuple(p.to_local().shape))
             if sizes["dp"] > 1:  # (dp shard, tp placement) -> (Replicate, tp placement): the tp shard
                 p = p.redistribute(p.device_mesh, (Replicate(), p.placements[1]))
             a = p.to_local().numpy()
