@@ -59,7 +59,7 @@ from .parallel.tp_comm import GatherFromTP, shard_sizes
 
 TP_OPTIMIZERS = ("sgd", "adam")
 #: the tensor-parallel training both libraries run (tiny: seconds, even on 4 processes)
-TP_DEFAULTS = dict(d_model=8, d_hidden=16, steps=6, batch_size=16, optimizer="adam", sgd_lr=0.1, momentum=0.9, adam_lr=1e-2,
+TP_DEFAULTS = dict(d_model=6, d_hidden=16, steps=6, batch_size=16, optimizer="adam", sgd_lr=0.1, momentum=0.9, adam_lr=1e-2,
                    seed=0)
 #: mlscale's names of the block's parameters <-> torch's (nn.Sequential positions)
 TP_NAMES = {"fc1.weight": "0.weight", "fc1.bias": "0.bias", "fc2.weight": "2.weight", "fc2.bias": "2.bias"}
