@@ -146,3 +146,74 @@ def test_mlscale_side_on_torch_engine_equals_the_simulator(runs):
         for r in range(p):
             got = runs[p][r]["adam"]["mlscale"]
             assert got["losses"] == sim[r]["losses"] and np.array_equal(got["params"], sim[r]["params"])
+
+
+# ---------------------------------------------------------------- attention heads over tp
+from mlscale import bridge_attention as ba  # noqa: E402
+
+XA, YA = ba.attention_data(n=32)
+
+
+def single_device_attention():
+    """The oracle: the single-device CausalSelfAttention on the whole batch, SGD."""
+    c = dict(ba.ATTN_DEFAULTS)
+    model = ba.full_attention(c)
+    opt = SGD(model, lr=c["sgd_lr"], momentum=c["momentum"])
+    from mlscale.train.loop import _global_batches
+
+    stream, losses = _global_batches(XA, YA, c["batch_size"], c["seed"]), []
+    for _ in range(c["steps"]):
+        xb, yb = next(stream)
+        model.zero_grad()
+        z = model.forward(xb)
+        model.backward(2.0 * (z - yb) / z.size)
+        losses.append(float(np.mean((z - yb) ** 2)))
+        opt.step()
+    return losses, model
+
+
+@pytest.mark.parametrize("p", [1, 2, 4])
+def test_mlscale_tp_attention_equals_single_device(p):
+    want, model = single_device_attention()
+    res = ms.launch(lambda c: ba.attention_train_mlscale(c, XA, YA), p)
+    d, h = ba.ATTN_DEFAULTS["d_model"], ba.ATTN_DEFAULTS["num_heads"]
+    full = model.named_params()
+    for r, out in enumerate(res):
+        np.testing.assert_allclose(out["losses"], want, rtol=1e-12)
+        np.testing.assert_allclose(out["params"], model.params, rtol=0, atol=1e-12)
+        cols = np.arange(r * d // p, (r + 1) * d // p)  # my heads' dims, in each of Q, K, V
+        qkv_cols = np.concatenate([cols, d + cols, 2 * d + cols])
+        np.testing.assert_allclose(out["shards"]["qkv.weight"], full["0.qkv.weight"][:, qkv_cols], atol=1e-12)
+        np.testing.assert_allclose(out["shards"]["proj.weight"], full["0.proj.weight"][cols], atol=1e-12)
+    assert want[-1] < 0.6 * want[0]  # it trains
+    assert h % p == 0
+
+
+def test_attention_bad_inputs():
+    with pytest.raises(ValueError, match="num_heads=4 over tp=3"):
+        ms.launch(lambda c: ba.attention_train_mlscale(c, XA, YA), 3)
+    with pytest.raises(TypeError, match=r"unknown settings \['heads'\]"):
+        ms.launch(lambda c: ba.attention_train_mlscale(c, XA, YA, heads=2), 1)
+    with pytest.raises(TypeError, match="backend='torch'"):
+        ms.launch(lambda c: ba.attention_train_torch(c, XA, YA), 2)
+
+
+@pytest.fixture(scope="module")
+def attention_run():
+    _need_torch()
+    return ms.launch(ba.attention_side_by_side, 2, args=(XA, YA), backend="torch", timeout=180)
+
+
+@pytest.mark.mpi
+def test_mlscale_attention_equals_torch_colwise_q_k_v_rowwise_o(attention_run):
+    d = ba.attention_compare(attention_run)
+    assert max(d.values()) < bridge.TOLERANCE, d
+    want, model = single_device_attention()
+    e, dm = ba.ATTN_DEFAULTS["d_model"] // 2, ba.ATTN_DEFAULTS["d_model"]
+    for r, out in enumerate(attention_run):
+        assert bridge.rel_diff(out["torch"]["params"], model.params) < bridge.TOLERANCE
+        pl = out["torch"]["placements"]
+        assert pl["q.weight"] == pl["k.weight"] == pl["v.weight"] == (("Shard(dim=0)",), (e, dm))
+        assert pl["o.weight"] == (("Shard(dim=1)",), (dm, e)) and pl["o.bias"] == (("Replicate()",), (dm,))
+        got = ms.launch(lambda c: ba.attention_train_mlscale(c, XA, YA), 2)[r]  # the simulator, to the bit
+        assert got["losses"] == out["mlscale"]["losses"] and np.array_equal(got["params"], out["mlscale"]["params"])
