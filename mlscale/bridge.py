@@ -30,8 +30,8 @@ difference stays near 1e-15 relative per step. ``compare`` returns the largest r
 differences; the tests and notebook 15 hold them under ``TOLERANCE``.
 
 Tensor parallelism (mlscale's ``ParallelMLP`` beside torch's ``ColwiseParallel`` /
-``RowwiseParallel``, on tp and on dp x tp meshes) is in ``mlscale.bridge_tp``; ``tour`` runs it
-too when given ``tp_data``.
+``RowwiseParallel``, on tp and on dp x tp meshes) is in ``mlscale.bridge_tp``, attention heads
+over tp in ``mlscale.bridge_attention``; ``tour`` runs them too when given their data.
 
 Needs torch (``pip install "mlscale[torch]"``); importing this module does not import it.
 """
@@ -270,11 +270,13 @@ def shard_numels(comm, sizes=DEFAULTS["sizes"], seed=0):
     return {"mlscale": ours, "torch": theirs}
 
 
-def tour(comm, X, y, mesh_sizes=None, tp_data=None, **kw):
+def tour(comm, X, y, mesh_sizes=None, tp_data=None, attention_data=None, **kw):
     """What notebook 15 runs in ONE launch (each costs seconds): the three trainings side by
     side, the mesh coordinates, and the shard sizes. ``mesh_sizes`` default: {"dp": 1, "tp": p}.
     ``tp_data=(X, Y)`` adds ``"tp"``: tensor parallelism over all the ranks, mlscale's
-    ParallelMLP beside torch's ColwiseParallel / RowwiseParallel (``bridge_tp.tp_side_by_side``)."""
+    ParallelMLP beside torch's ColwiseParallel / RowwiseParallel (``bridge_tp.tp_side_by_side``);
+    ``attention_data=(X, Y)`` adds ``"attention"``: the heads split over the ranks
+    (``bridge_attention.attention_side_by_side``)."""
     mesh_sizes = mesh_sizes or {"dp": 1, "tp": comm.world_size}
     out = {"training": side_by_side(comm, X, y, **kw), "mesh": mesh_side_by_side(comm, mesh_sizes),
            "shards": shard_numels(comm, kw.get("sizes", DEFAULTS["sizes"]), kw.get("seed", 0))}
@@ -282,6 +284,10 @@ def tour(comm, X, y, mesh_sizes=None, tp_data=None, **kw):
         from .bridge_tp import tp_side_by_side  # it imports this module's helpers
 
         out["tp"] = tp_side_by_side(comm, *tp_data)
+    if attention_data is not None:
+        from .bridge_attention import attention_side_by_side
+
+        out["attention"] = attention_side_by_side(comm, *attention_data)
     return out
 
 

@@ -9,10 +9,12 @@ import pytest
 
 import mlscale as ms
 from mlscale import bridge, bridge_tp
+from mlscale import bridge_attention as ba
 from mlscale.nn.optim import SGD, Adam
 from mlscale.parallel.tp_comm import shard_range
 
 X, Y = bridge_tp.tp_data(n=64)
+XA, YA = ba.attention_data(n=32)
 C = bridge_tp.TP_DEFAULTS
 MESHES = {2: {"dp": 1, "tp": 2}, 4: {"dp": 2, "tp": 2}}
 
@@ -99,13 +101,23 @@ def _need_torch():
 
 
 @pytest.fixture(scope="module")
-def runs():
+def launches():
+    """TWO launches in all (each start costs seconds): 2 ranks (tp = 2, and the attention
+    with SGD and Adam), and 4 ranks (dp x tp = 2 x 2)."""
     _need_torch()
     return {p: ms.launch(_side_by_side, p, args=(X, Y, MESHES[p]), backend="torch", timeout=180) for p in MESHES}
 
 
+@pytest.fixture(scope="module")
+def runs(launches):
+    return {p: [r["tp"] for r in res] for p, res in launches.items()}
+
+
 def _side_by_side(comm, X, Y, sizes):
-    return bridge_tp.tp_side_by_side(comm, X, Y, sizes)
+    out = {"tp": bridge_tp.tp_side_by_side(comm, X, Y, sizes)}
+    if comm.world_size == 2:
+        out["attention"] = {o: ba.attention_side_by_side(comm, XA, YA, optimizer=o) for o in ("sgd", "adam")}
+    return out
 
 
 @pytest.mark.mpi
@@ -149,9 +161,6 @@ def test_mlscale_side_on_torch_engine_equals_the_simulator(runs):
 
 
 # ---------------------------------------------------------------- attention heads over tp
-from mlscale import bridge_attention as ba  # noqa: E402
-
-XA, YA = ba.attention_data(n=32)
 
 
 def single_device_attention():
@@ -199,13 +208,14 @@ def test_attention_bad_inputs():
 
 
 @pytest.fixture(scope="module")
-def attention_run():
-    _need_torch()
-    return ms.launch(ba.attention_side_by_side, 2, args=(XA, YA), backend="torch", timeout=180)
+def attention_run(launches):
+    both = [r["attention"] for r in launches[2]]
+    return [b["sgd"] for b in both], [b["adam"] for b in both]
 
 
 @pytest.mark.mpi
 def test_mlscale_attention_equals_torch_colwise_q_k_v_rowwise_o(attention_run):
+    attention_run = attention_run[0]  # SGD
     d = ba.attention_compare(attention_run)
     assert max(d.values()) < bridge.TOLERANCE, d
     want, model = single_device_attention()
@@ -217,3 +227,18 @@ def test_mlscale_attention_equals_torch_colwise_q_k_v_rowwise_o(attention_run):
         assert pl["o.weight"] == (("Shard(dim=1)",), (dm, e)) and pl["o.bias"] == (("Replicate()",), (dm,))
         got = ms.launch(lambda c: ba.attention_train_mlscale(c, XA, YA), 2)[r]  # the simulator, to the bit
         assert got["losses"] == out["mlscale"]["losses"] and np.array_equal(got["params"], out["mlscale"]["params"])
+
+
+@pytest.mark.mpi
+def test_adam_differs_only_in_the_key_bias(attention_run):
+    """The key bias's gradient is zero (softmax ignores a constant per row): Adam amplifies
+    each library's rounding noise there, and only there."""
+    d = ba.ATTN_DEFAULTS["d_model"] // 2  # my dims per third on 2 ranks
+    for out in attention_run[1]:
+        m, t = out["mlscale"]["shards"], out["torch"]["shards"]
+        for k in m:
+            if k != "qkv.bias":
+                assert bridge.rel_diff(m[k], t[k]) < bridge.TOLERANCE, k
+        q, kb, v = np.split(m["qkv.bias"], 3), np.split(t["qkv.bias"], 3)[1], np.split(t["qkv.bias"], 3)
+        assert bridge.rel_diff(q[0], v[0]) < bridge.TOLERANCE and bridge.rel_diff(q[2], v[2]) < bridge.TOLERANCE
+        assert np.max(np.abs(q[1] - kb)) < 1e-8 and q[1].shape == (d,)  # noise-sized steps, never large ones

@@ -43,7 +43,8 @@ notebook takes under a minute:
 4. **shards**: what each rank keeps under mlscale's FSDP and under FSDP2;
 5. **tensor parallelism**: mlscale's Megatron MLP (`ColumnParallelLinear` then
    `RowParallelLinear`) against torch's `parallelize_module` with `ColwiseParallel` /
-   `RowwiseParallel` on a `DeviceMesh`, on 2 ranks and on a 2 x 2 dp x tp mesh.
+   `RowwiseParallel` on a `DeviceMesh`, on 2 ranks and on a 2 x 2 dp x tp mesh, then the
+   attention heads split over tp (`TPSelfAttention` against ColwiseParallel on q, k, v).
 
 The torch parts start 2 processes once (`ms.launch(..., backend="torch")`: a gloo group on
 CPUs, see `mlscale/comm/torch_dist.py`). Where torch is not installed they print a skip
@@ -56,7 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import mlscale as ms
-from mlscale import bridge, bridge_tp
+from mlscale import bridge, bridge_attention, bridge_tp
 from mlscale import parallel as mp
 from mlscale.data import spirals"""),
     ("code", """# NBVAL_IGNORE_OUTPUT
@@ -107,11 +108,12 @@ wrappers built on the communicator's gloo group:"""),
     ("md", """Now both, in ONE launch of 2 processes (each start costs seconds): every rank trains each
 method with mlscale's classes over `TorchComm` and then with torch's, on the same group.
 `bridge.tour` also records the mesh coordinates and the shard sizes for sections 3 and 4, and
-runs section 5's tensor-parallel training (its data: `tp_data=(Xt, Yt)`)."""),
+runs section 5's tensor-parallel trainings (their data: `tp_data=(Xt, Yt)`, `attention_data=(Xa, Ya)`)."""),
     ("code", """# NBVAL_IGNORE_OUTPUT
 Xt, Yt = bridge_tp.tp_data(n=64)  # section 5's regression for the tensor-parallel block
+Xa, Ya = bridge_attention.attention_data(n=32)  # and for the attention heads
 try:
-    tour = ms.launch(bridge.tour, 2, args=(X, y, None, (Xt, Yt)), backend="torch", timeout=300)
+    tour = ms.launch(bridge.tour, 2, args=(X, y, None, (Xt, Yt), (Xa, Ya)), backend="torch", timeout=300)
 except ms.BackendUnavailable as e:
     tour = None
     print(f"skipped (torch or mpiexec missing): {e}")
@@ -298,6 +300,54 @@ if tp2d is not None:
     for k in bridge_tp.TP_NAMES:
         for side in ("mlscale", "torch"):
             assert np.array_equal(tp2d[0]["adam"][side]["shards"][k], tp2d[2]["adam"][side]["shards"][k]), (side, k)"""),
+    ("md", """### Attention heads over tp
+
+Heads are independent, so tensor-parallel attention gives each rank whole heads: the
+projection to Q, K and V is column-parallel (my heads' columns), attention runs on my heads
+with no communication, and the output projection is row-parallel (g: one all-reduce).
+mlscale's `TPSelfAttention` keeps ONE fused `qkv` weight (d, 3d) and picks, from each of its
+Q, K and V thirds, the columns of my heads (`mp.shard_block_state`). Torch's ColwiseParallel
+cuts a weight into t contiguous blocks of rows, which on a fused (3d, d) weight would give
+rank 0 all of Q and half of K; so torch code keeps separate `q`, `k`, `v` Linears, each
+ColwiseParallel, and the output Linear `o` RowwiseParallel:
+
+| parameter | mlscale, rank r (fused, (in, out)) | torch, rank r (`weight` (out, in)) |
+|---|---|---|
+| W_q, W_k, W_v | `qkv.weight = [Wq[:, cols_r] \\| Wk[:, cols_r] \\| Wv[:, cols_r]]`, (d, 3d/t) | `q.weight`, `k.weight`, `v.weight`: `Shard(0)`, (d/t, d) each |
+| W_o (d, d) | `proj.weight = Wo[cols_r, :]`, (d/t, d) | `o.weight`: `Shard(1)`, (d, d/t) |
+| b_o | whole on every rank | `o.bias`: `Replicate()` |
+
+`cols_r` are the dims of my heads: with 4 heads of 2 dims on 2 ranks, rank 0 has heads 0 and 1,
+dims 0..3. Torch's module views its local q as `(b, s, -1, head_dim)`, so it counts its local
+heads itself. Trained with SGD (momentum 0.9), 5 steps, causal attention, float64:"""),
+    ("code", """print(bridge_attention.ATTN_DEFAULTS)
+attn_sim = ms.launch(lambda comm: bridge_attention.attention_train_mlscale(comm, Xa, Ya), 2)
+print(f"mlscale on the simulator, loss at steps 0..4: {np.round(attn_sim[0]['losses'], 4)}")
+for k, v in attn_sim[0]["shards"].items():
+    print(f"rank 0 keeps {k:11s} {v.shape}")"""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+if tour is None:
+    print("skipped (torch or mpiexec missing): the attention comparison needs the launch of section 2")
+else:
+    for name, (placements, shape) in tour[0]["attention"]["torch"]["placements"].items():
+        print(f"torch rank 0 {name:8s} placements {placements}, local shape {shape}")
+    d = bridge_attention.attention_compare([t["attention"] for t in tour])
+    print(f"largest relative difference: losses {d['losses']:.1e}, gathered params {d['params']:.1e}, "
+          f"per-rank shards {d['shards']:.1e}")"""),
+    ("code", """print(f"claim: TPSelfAttention and torch's ColwiseParallel (q, k, v) / RowwiseParallel (o) agree to < "
+      f"{bridge.TOLERANCE:g} relative (losses, gathered weights, each rank's shards); asserted wherever torch ran")
+if tour is not None:
+    d = bridge_attention.attention_compare([t["attention"] for t in tour])
+    assert max(d.values()) < bridge.TOLERANCE, d
+    for r, t in enumerate(tour):
+        assert t["attention"]["mlscale"]["losses"] == attn_sim[r]["losses"], r"""),
+    ("md", """Why SGD here and not Adam? The key bias `b_k` adds `q . b_k` to a whole row of
+attention scores, which softmax ignores: its gradient is zero, and each library computes
+rounding noise of about 1e-17 there instead, each its own. Adam divides a gradient by its own
+running size, so it turns that noise into steps of about `lr g / (|g| + eps)` ~ 1e-11: after
+5 steps the two libraries differ by some 1e-11 in `b_k` alone, every other parameter still
+near 1e-16. A property of Adam on a parameter that does nothing, not a difference in the math
+(`bridge_attention.attention_train_mlscale(..., optimizer="adam")` shows it)."""),
     ("md", """## Running it as torch does
 
 The same program runs under torchrun, which is how torch jobs start on one machine or many
@@ -330,7 +380,8 @@ mlscale's ring on both engines in one run; the figures are in `docs/benchmarks.m
   `RowParallelLinear` ↔ `RowwiseParallel`, `Mesh["tp"]` ↔ `DeviceMesh["tp"]`, Megatron's g (the
   row-parallel output all-reduce) and f (the column-parallel input-gradient all-reduce) ↔
   DTensor's `Partial -> Replicate`; each rank holds the same shard in both, transposed
-  because `nn.Linear` stores (out, in)."""),
+  because `nn.Linear` stores (out, in). Attention heads split the same way: mlscale's fused
+  `qkv` by whole heads ↔ ColwiseParallel on separate `q`, `k`, `v`, `proj` ↔ RowwiseParallel `o`."""),
 ]
 
 
