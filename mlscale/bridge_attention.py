@@ -12,16 +12,16 @@ attention with scale 1/sqrt(head_dim) (torch: ``F.scaled_dot_product_attention(.
 is_causal=True)``), trained on ``F.mse_loss``. With h heads of size e = d / h on t ranks,
 rank r owns heads ``r h/t .. (r+1) h/t``, i.e. the dims ``cols_r`` of each of Q, K, V:
 
-===============  ===============================================  ====================================
+===============  ===============================================  ==========================================
 parameter        mlscale (fused, (in, out))                        torch (separate, ``weight`` (out, in))
-===============  ===============================================  ====================================
+===============  ===============================================  ==========================================
 W_qkv (d, 3d)    ``qkv.weight = [Wq[:, cols_r] | Wk[:, cols_r] |   ``q.weight``, ``k.weight``,
                  Wv[:, cols_r]]`` (d, 3d/t): my heads' columns     ``v.weight``: ``Shard(0)``, (d/t, d) each
                  of each third                                     (ColwiseParallel on each)
 b_qkv (3d,)      the same columns of the bias                      ``q.bias`` ... ``Shard(0)``
 W_proj (d, d)    ``proj.weight = W_proj[cols_r, :]`` (d/t, d)      ``o.weight``: ``Shard(1)``, (d, d/t)
 b_proj (d,)      whole on every rank                               ``o.bias``: ``Replicate()``
-===============  ===============================================  ====================================
+===============  ===============================================  ==========================================
 
 Why torch needs three Linears: ColwiseParallel cuts a weight's rows into t contiguous
 blocks, so on one fused (3d, d) ``qkv`` rank 0 would get all of Q and part of K, not its
@@ -33,7 +33,9 @@ Why SGD by default, not Adam: the key bias has a zero gradient (it adds ``q . b_
 whole row of scores, which softmax ignores), so each library computes rounding noise of
 about 1e-17 there, different noise in each; Adam divides by its own sqrt(v) and turns it
 into steps of ``lr g / (|g| + eps)`` ~ 1e-11, visible at 1e-10 after a few steps
-(``optimizer="adam"`` still runs). SGD keeps noise as noise: the two agree near 1e-16. Needs torch; importing this module does not import it.
+(``optimizer="adam"`` still runs). SGD keeps noise as noise: the two agree near 1e-16.
+
+Needs torch; importing this module does not import it.
 """
 from __future__ import annotations
 
@@ -150,11 +152,14 @@ def torch_attention(full):
 
     net = Attention()
     with torch.no_grad():
-        for j, n in enumerate(PARTS):
-            getattr(net, n).weight.copy_(torch.from_numpy(np.ascontiguousarray(p["0.qkv.weight"][:, j * d:(j + 1) * d].T)))
-            getattr(net, n).bias.copy_(torch.from_numpy(np.ascontiguousarray(p["0.qkv.bias"][j * d:(j + 1) * d])))
-        net.o.weight.copy_(torch.from_numpy(np.ascontiguousarray(p["0.proj.weight"].T)))
-        net.o.bias.copy_(torch.from_numpy(np.ascontiguousarray(p["0.proj.bias"])))
+        def put(param, value):
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+        for j, n in enumerate(PARTS):  # the j-th third of the fused qkv
+            put(getattr(net, n).weight, p["0.qkv.weight"][:, j * d:(j + 1) * d].T)
+            put(getattr(net, n).bias, p["0.qkv.bias"][j * d:(j + 1) * d])
+        put(net.o.weight, p["0.proj.weight"].T)
+        put(net.o.bias, p["0.proj.bias"])
     return net
 
 

@@ -37,7 +37,7 @@ all-reduce, ZeRO-0); torch's recipe applies ``fully_shard(net, mesh=mesh["dp"])`
 over dp: reduce-scatter, all-gather): the same mean gradient, so the same training.
 
 Agreement is to rounding, not to the bit (different BLAS kernels, summation orders):
-``TOLERANCE`` (1e-10 relative) on the losses, the gathered parameters and every shard.
+``bridge.TOLERANCE`` (1e-10 relative) on the losses, the gathered parameters and every shard.
 Needs torch; importing this module does not import it.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .bridge import TOLERANCE, _my_batches, _world_group, flat_params, rel_diff, torch_mlp
+from .bridge import _my_batches, _world_group, flat_params, rel_diff, torch_mlp
 from .comm.torch_dist import _torch
 from .nn import MLP
 from .nn.optim import SGD, Adam
@@ -59,8 +59,8 @@ from .parallel.tp_comm import GatherFromTP, shard_sizes
 
 TP_OPTIMIZERS = ("sgd", "adam")
 #: the tensor-parallel training both libraries run (tiny: seconds, even on 4 processes)
-TP_DEFAULTS = dict(d_model=6, d_hidden=16, steps=6, batch_size=16, optimizer="adam", sgd_lr=0.1, momentum=0.9, adam_lr=1e-2,
-                   seed=0)
+TP_DEFAULTS = dict(d_model=6, d_hidden=16, steps=6, batch_size=16, optimizer="adam", sgd_lr=0.1, momentum=0.9,
+                   adam_lr=1e-2, seed=0)
 #: mlscale's names of the block's parameters <-> torch's (nn.Sequential positions)
 TP_NAMES = {"fc1.weight": "0.weight", "fc1.bias": "0.bias", "fc2.weight": "2.weight", "fc2.bias": "2.bias"}
 

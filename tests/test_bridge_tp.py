@@ -242,3 +242,12 @@ def test_adam_differs_only_in_the_key_bias(attention_run):
         q, kb, v = np.split(m["qkv.bias"], 3), np.split(t["qkv.bias"], 3)[1], np.split(t["qkv.bias"], 3)
         assert bridge.rel_diff(q[0], v[0]) < bridge.TOLERANCE and bridge.rel_diff(q[2], v[2]) < bridge.TOLERANCE
         assert np.max(np.abs(q[1] - kb)) < 1e-8 and q[1].shape == (d,)  # noise-sized steps, never large ones
+
+
+def test_import_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, mlscale.bridge_tp, mlscale.bridge_attention; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
