@@ -290,6 +290,7 @@ class TorchTwoGroupComm(TorchComm):
         self._sseq, self._rseq = [0] * p, [0] * p  # messages sent to / received from each rank
         self._stash: dict = {}  # (src, tag) -> headers read by a receive that came too soon
         self._queue: list = []
+        self._own: dict = {}  # tag -> the messages this rank sent itself, oldest first
         self._t0, self._board = t0, board_
         # every rank of the payload group together, once: NCCL makes its communicator here,
         # not at a first point-to-point message between two ranks only
@@ -339,6 +340,11 @@ class TorchTwoGroupComm(TorchComm):
     # ------------------------------------------------------------------ point to point
     def _queue_send(self, buf, dst, tag):
         _check_sendable(self, buf)
+        if dst == self.rank:  # to itself: kept here (neither gloo nor NCCL pairs a rank with itself)
+            self._own.setdefault(tag, []).append(buf.copy())
+            op = _Op("send", dst, tag)
+            op.done = True
+            return _Req(self, op)
         seq = self._sseq[dst]
         self._sseq[dst] = (seq + 1) % _SEQ_WRAP
         hdr = _header(self._torch, buf, seq)
@@ -357,7 +363,9 @@ class TorchTwoGroupComm(TorchComm):
 
     def _irecv(self, src, tag, out):
         stashed = self._stash.get((src, tag))
-        if stashed:
+        if src == self.rank:  # from itself: taken from what it sent itself, when waited for
+            op = _Op("self", src, tag, out=out)
+        elif stashed:
             op = _Op("recv", src, tag, out=out, hdr=stashed.pop(0))
         else:
             hdr = self._torch.zeros(_HDR, dtype=self._torch.int64)
@@ -416,6 +424,20 @@ class TorchTwoGroupComm(TorchComm):
         else:
             op.buf = self._wire.empty(shape, dtype)
 
+    def _from_itself(self, op):
+        mine = self._own.get(op.tag)
+        if not mine:
+            op.error = CommError(f"{self._describe()}: recv(src={op.peer}, tag={op.tag}) from itself, and this rank "
+                                 "sent itself nothing on that tag before waiting; send first (isend, or sendrecv)")
+            return
+        op.buf = mine.pop(0)
+        out = op.out
+        if out is not None and (tuple(out.shape) != tuple(op.buf.shape) or out.dtype != op.buf.dtype):
+            op.error = CommError(
+                f"{self._describe()}: recv(out=) from rank {op.peer} (tag {op.tag}): the message is shape "
+                f"{tuple(op.buf.shape)} {op.buf.dtype}, out= is shape {tuple(out.shape)} {out.dtype}; pass an out= "
+                "of the sent shape and dtype, or none")
+
     def _flush(self):
         """Post every queued payload as one batch on the payload group, then wait for it."""
         queue, self._queue = self._queue, []
@@ -423,7 +445,9 @@ class TorchTwoGroupComm(TorchComm):
             return
         try:
             for op in queue:
-                if op.kind == "recv":
+                if op.kind == "self":
+                    self._from_itself(op)
+                elif op.kind == "recv":
                     if op.hwork is not None:
                         self._enter("recv from", op.peer, op.tag)
                         try:
@@ -433,18 +457,18 @@ class TorchTwoGroupComm(TorchComm):
                             self._leave()
                         op.hwork = None
                     self._open(op)
-            moves = [op for op in queue if op.buf is not None and op.buf.nbytes]
+            moves = [op for op in queue if op.kind != "self" and op.buf is not None and op.buf.nbytes]
             if moves:
                 self._batch(moves)
             for op in queue:
-                if op.kind == "send":
+                if op.kind == "send" and op.hwork is not None:
                     self._finish([op.hwork], f"send to rank {op.peer} (tag {op.tag}): its header", on="gloo")
         finally:
             for op in queue:
                 op.done = True
                 op.hwork = None
         for op in queue:
-            if op.kind == "recv" and op.error is None:
+            if op.kind in ("recv", "self") and op.error is None:
                 if op.out is not None and op.buf is not op.out:
                     self._wire.into(op.out, op.buf)
                     op.result = op.out
