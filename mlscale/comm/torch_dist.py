@@ -1,4 +1,4 @@
-"""The ``torch`` engine: :class:`TorchComm` over ``torch.distributed`` (gloo on CPUs).
+"""The ``torch`` engine: :class:`TorchComm` over ``torch.distributed`` (gloo on CPUs, NCCL on GPUs).
 
     ms.launch(program, world_size=4, backend="torch")      # 4 processes, gloo
     # or, in a script:  torchrun --nproc-per-node 4 script.py   with   ms.comm.TorchComm()
@@ -31,7 +31,11 @@ mlscale's own algorithms run over the send/recv above, as on every engine.
 ``split`` makes a new gloo process group over a prefix of the world's store, so only the
 members of the new group take part (sub-communicators of sub-communicators work).
 
-NCCL (GPUs) is not wired yet: ``device="gpu"`` raises and says so.
+GPUs. ``TorchComm(device="gpu")`` (``ms.launch(..., backend="torch", device="gpu")``, or
+under torchrun, GPU ``LOCAL_RANK``) carries the arrays over NCCL and the headers and
+argument checks over a gloo group beside it, CuPy arrays in and out: see
+:mod:`mlscale.comm.torch_nccl` (``two_groups=True`` runs that code on CPU). Its clear
+errors say what is missing: a CUDA torch, NCCL in the build, CuPy, a GPU per rank.
 """
 from __future__ import annotations
 
@@ -335,6 +339,8 @@ class TorchComm(Communicator):
     backend = "torch"
 
     def __new__(cls, *args, device="cpu", two_groups=False, **kwargs):
+        if len(args) > 2:  # device (and two_groups) given by position
+            device, two_groups = args[2], (args[3] if len(args) > 3 else two_groups)
         if cls is TorchComm and (device == "gpu" or two_groups):
             from .torch_nccl import TorchTwoGroupComm
 
@@ -587,8 +593,9 @@ _NATIVE = {
 
 def launch_torch(fn, world_size, args=(), device="cpu", timeout=None, **kwargs):
     """Run ``fn(comm, *args)`` on ``world_size`` processes joined by a gloo process group
-    (``device="gpu"``: NCCL, one GPU per rank, CuPy arrays); return the results by rank. The processes are started (and their faults reported) by
-    :mod:`mlscale.comm._mpi_launch`, as for ``backend="mpi"``."""
+    (``device="gpu"``: NCCL, one GPU per rank, CuPy arrays); return the results by rank.
+    The processes are started (and their faults reported) by :mod:`mlscale.comm._mpi_launch`,
+    as for ``backend="mpi"``."""
     from ._mpi_launch import launch_processes
 
     torch, dist = _torch()
