@@ -29,6 +29,10 @@ multiply matrices with different BLAS kernels and sum in different orders; in fl
 difference stays near 1e-15 relative per step. ``compare`` returns the largest relative
 differences; the tests and notebook 15 hold them under ``TOLERANCE``.
 
+Tensor parallelism (mlscale's ``ParallelMLP`` beside torch's ``ColwiseParallel`` /
+``RowwiseParallel``, on tp and on dp x tp meshes) is in ``mlscale.bridge_tp``, attention heads
+over tp in ``mlscale.bridge_attention``; ``tour`` runs them too when given their data.
+
 Needs torch (``pip install "mlscale[torch]"``); importing this module does not import it.
 """
 from __future__ import annotations
@@ -266,12 +270,25 @@ def shard_numels(comm, sizes=DEFAULTS["sizes"], seed=0):
     return {"mlscale": ours, "torch": theirs}
 
 
-def tour(comm, X, y, mesh_sizes=None, **kw):
+def tour(comm, X, y, mesh_sizes=None, tp_data=None, attention_data=None, **kw):
     """What notebook 15 runs in ONE launch (each costs seconds): the three trainings side by
-    side, the mesh coordinates, and the shard sizes. ``mesh_sizes`` default: {"dp": 1, "tp": p}."""
+    side, the mesh coordinates, and the shard sizes. ``mesh_sizes`` default: {"dp": 1, "tp": p}.
+    ``tp_data=(X, Y)`` adds ``"tp"``: tensor parallelism over all the ranks, mlscale's
+    ParallelMLP beside torch's ColwiseParallel / RowwiseParallel (``bridge_tp.tp_side_by_side``);
+    ``attention_data=(X, Y)`` adds ``"attention"``: the heads split over the ranks
+    (``bridge_attention.attention_side_by_side``)."""
     mesh_sizes = mesh_sizes or {"dp": 1, "tp": comm.world_size}
-    return {"training": side_by_side(comm, X, y, **kw), "mesh": mesh_side_by_side(comm, mesh_sizes),
-            "shards": shard_numels(comm, kw.get("sizes", DEFAULTS["sizes"]), kw.get("seed", 0))}
+    out = {"training": side_by_side(comm, X, y, **kw), "mesh": mesh_side_by_side(comm, mesh_sizes),
+           "shards": shard_numels(comm, kw.get("sizes", DEFAULTS["sizes"]), kw.get("seed", 0))}
+    if tp_data is not None:
+        from .bridge_tp import tp_side_by_side  # it imports this module's helpers
+
+        out["tp"] = tp_side_by_side(comm, *tp_data)
+    if attention_data is not None:
+        from .bridge_attention import attention_side_by_side
+
+        out["attention"] = attention_side_by_side(comm, *attention_data)
+    return out
 
 
 #: mlscale's names and torch's for the same idea (notebook 15 prints this table)

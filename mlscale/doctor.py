@@ -32,6 +32,8 @@ class Report:
     mpi_error: str | None = None
     nccl: bool = False
     torch: str | None = None
+    torch_cuda: str | None = None  # the CUDA this torch was built with (None: a CPU-only build)
+    torch_nccl: bool = False  # NCCL's library is installed with it
     notes: list = field(default_factory=list)
 
     def engine_for(self, level: str) -> str:
@@ -69,6 +71,20 @@ class Report:
         dev = self.device_for(level)
         return f"This machine has {where}: simulated ranks on the {dev.upper()} stand in for several GPUs."
 
+    def torch_gpu(self):
+        """Whether backend='torch', device='gpu' (NCCL) can run here, and what is missing."""
+        if not self.torch_cuda:
+            return ("NCCL: no, a CPU-only build (device='gpu' needs a CUDA build: pip install torch "
+                    "--index-url https://download.pytorch.org/whl/cu126)")
+        if not self.torch_nccl:
+            return f"NCCL: not found beside this CUDA {self.torch_cuda} build (device='gpu' needs it)"
+        if not self.gpus:
+            return f"NCCL: built in (CUDA {self.torch_cuda}), but no GPU is visible here"
+        if not self.cupy:
+            major = self.torch_cuda.split(".")[0]
+            return f"NCCL: yes (CUDA {self.torch_cuda}); device='gpu' also needs cupy: pip install cupy-cuda{major}x"
+        return f"NCCL: yes (CUDA {self.torch_cuda}): device='gpu' runs on up to {len(self.gpus)} GPU(s)"
+
     def lines(self):
         def yn(v):
             return "yes" if v else "no"
@@ -85,8 +101,8 @@ class Report:
             ("mpi4py", self.mpi4py or "not installed"),
             ("MPI works", yn(self.mpi_works) + ("" if self.mpi_works or not self.mpi_error else f" ({self.mpi_error})")),
             ("NCCL", yn(self.nccl)),
-            ("torch", (f"{self.torch} (backend='torch' runs on its gloo; started by mpiexec)" if self.torch
-                       else "not installed (pip install 'mlscale[torch]' for backend='torch')")),
+            ("torch", (f"{self.torch} (backend='torch' runs on its gloo; started by mpiexec); {self.torch_gpu()}"
+                       if self.torch else "not installed (pip install 'mlscale[torch]' for backend='torch')")),
         ]
         out = ["mlscale doctor: what this machine offers"]
         out += [f"  {k:<15} {v}" for k, v in rows]
@@ -160,6 +176,34 @@ def _check_mpi(mpiexec, timeout=30):
     return True, None
 
 
+def _torch_build():
+    """(CUDA version of the installed torch or None, NCCL library found), read from its files:
+    torch/version.py's ``cuda`` and the nvidia-nccl wheel or a libnccl beside torch; torch is
+    not imported (seconds) and CUDA not initialised."""
+    import importlib.util
+    import re
+    from importlib import metadata
+
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None, False
+    if spec is None or not spec.submodule_search_locations:
+        return None, False
+    root = list(spec.submodule_search_locations)[0]
+    try:
+        with open(os.path.join(root, "version.py")) as f:
+            m = re.search(r"^cuda\b[^=]*=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+    except OSError:
+        return None, False
+    cuda = m.group(1) if m else None
+    nccl = any((d.metadata["Name"] or "").lower().startswith("nvidia-nccl") for d in metadata.distributions())
+    if not nccl:
+        lib = os.path.join(root, "lib")
+        nccl = os.path.isdir(lib) and any(n.startswith("libnccl") for n in os.listdir(lib))
+    return cuda, bool(cuda) and nccl
+
+
 def _gpus():
     if shutil.which("nvidia-smi") is None:
         return []
@@ -184,6 +228,8 @@ def doctor(check_mpi=True, verbose=True) -> Report:
     r.mpiexec = find_mpiexec()
     r.mpi4py = _version("mpi4py")
     r.torch = _dist_version("torch")  # from the metadata: importing torch takes seconds
+    if r.torch:
+        r.torch_cuda, r.torch_nccl = _torch_build()
     if r.mpiexec and r.mpi4py and check_mpi:
         r.mpi_works, r.mpi_error = _check_mpi(r.mpiexec)
     elif not r.mpi4py:

@@ -71,3 +71,32 @@ def test_doctor_says_whether_the_torch_engine_can_run():
 
     assert any("pip install 'mlscale[torch]'" in line for line in Report(torch=None).lines())
     assert any(line.split()[:2] == ["torch", "2.13.0"] for line in Report(torch="2.13.0").lines())
+
+
+def _torch_row(**kw):
+    from mlscale.doctor import Report
+
+    return [line for line in Report(torch="2.13.0", **kw).lines() if line.split()[:1] == ["torch"]][0]
+
+
+def test_doctor_says_whether_torch_can_run_nccl():
+    assert "NCCL: no, a CPU-only build" in _torch_row() and "whl/cu126" in _torch_row()
+    assert "NCCL: not found" in _torch_row(torch_cuda="12.6")
+    assert "no GPU is visible" in _torch_row(torch_cuda="12.6", torch_nccl=True)
+    assert "pip install cupy-cuda12x" in _torch_row(torch_cuda="12.6", torch_nccl=True, gpus=["GPU 0: H100"])
+    assert "device='gpu' runs on up to 2 GPU(s)" in _torch_row(torch_cuda="12.6", torch_nccl=True,
+                                                               gpus=["GPU 0", "GPU 1"], cupy="13.0")
+
+
+def test_doctor_reads_the_torch_build_without_importing_torch():
+    code = ("import sys; from mlscale.doctor import _torch_build; c, n = _torch_build(); "
+            "import importlib.metadata as m; print('torch' in sys.modules, c, n, m.version('torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    imported, cuda, nccl, version = out.stdout.split()
+    assert imported == "False", out.stderr
+    if version.endswith("+cpu"):
+        assert cuda == "None" and nccl == "False"
+    else:  # pragma: no cover - a CUDA build: its version.py names the CUDA
+        import torch
+
+        assert cuda == str(torch.version.cuda)

@@ -40,7 +40,11 @@ notebook takes under a minute:
    `FSDP` (ZeRO-3) against DDP, DDP + `ZeroRedundancyOptimizer` and `fully_shard`, in float64:
    the same losses and final parameters to a relative 1e-10;
 3. **meshes**: `mp.Mesh` against torch's `DeviceMesh`;
-4. **shards**: what each rank keeps under mlscale's FSDP and under FSDP2.
+4. **shards**: what each rank keeps under mlscale's FSDP and under FSDP2;
+5. **tensor parallelism**: mlscale's Megatron MLP (`ColumnParallelLinear` then
+   `RowParallelLinear`) against torch's `parallelize_module` with `ColwiseParallel` /
+   `RowwiseParallel` on a `DeviceMesh`, on 2 ranks and on a 2 x 2 dp x tp mesh, then the
+   attention heads split over tp (`TPSelfAttention` against ColwiseParallel on q, k, v).
 
 The torch parts start 2 processes once (`ms.launch(..., backend="torch")`: a gloo group on
 CPUs, see `mlscale/comm/torch_dist.py`). Where torch is not installed they print a skip
@@ -53,7 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import mlscale as ms
-from mlscale import bridge
+from mlscale import bridge, bridge_attention, bridge_tp
 from mlscale import parallel as mp
 from mlscale.data import spirals"""),
     ("code", """# NBVAL_IGNORE_OUTPUT
@@ -103,10 +107,13 @@ wrappers built on the communicator's gloo group:"""),
     ("code", """print(inspect.getsource(bridge.train_torch))"""),
     ("md", """Now both, in ONE launch of 2 processes (each start costs seconds): every rank trains each
 method with mlscale's classes over `TorchComm` and then with torch's, on the same group.
-`bridge.tour` also records the mesh coordinates and the shard sizes for sections 3 and 4."""),
+`bridge.tour` also records the mesh coordinates and the shard sizes for sections 3 and 4, and
+runs section 5's tensor-parallel trainings (their data: `tp_data=(Xt, Yt)`, `attention_data=(Xa, Ya)`)."""),
     ("code", """# NBVAL_IGNORE_OUTPUT
+Xt, Yt = bridge_tp.tp_data(n=64)  # section 5's regression for the tensor-parallel block
+Xa, Ya = bridge_attention.attention_data(n=32)  # and for the attention heads
 try:
-    tour = ms.launch(bridge.tour, 2, args=(X, y), backend="torch", timeout=300)
+    tour = ms.launch(bridge.tour, 2, args=(X, y, None, (Xt, Yt), (Xa, Ya)), backend="torch", timeout=300)
 except ms.BackendUnavailable as e:
     tour = None
     print(f"skipped (torch or mpiexec missing): {e}")
@@ -187,6 +194,160 @@ first step in the order the gradients really arrived. The buckets of this model 
 for b in model.buckets(bridge.DEFAULTS["bucket_bytes"]):
     print(f"bucket {b.index}: {b.nbytes:5d} B  {list(b.names)}")
 print(f"torch: DDP(model, bucket_cap_mb={bridge.DEFAULTS['bucket_bytes'] / 2**20:.6f})")"""),
+    ("md", """## 5. Tensor parallelism: the Megatron MLP beside `ColwiseParallel` / `RowwiseParallel`
+
+Notebook 09 split one MLP block `Z = GELU(X W1 + b1) W2 + b2` over a tensor-parallel group
+(Shoeybi et al. 2019): W1 by its output columns (`ColumnParallelLinear`), W2 by its input
+rows (`RowParallelLinear`), so the hidden activations never travel. Torch does the same with
+`parallelize_module(mlp, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})`,
+which turns each parameter into a `DTensor` sharded over the `DeviceMesh`. Both shard W1 by
+output columns and W2 by input rows; only the storage differs. mlscale keeps a weight as
+(in, out), torch's `nn.Linear.weight` is (out, in), so a column of W is a row of torch's
+weight and torch's `Shard(0)` of `0.weight` is mlscale's `W1[:, cols_r]` transposed:
+
+| parameter | mlscale, rank r (W is (in, out)) | torch, rank r (`weight` is (out, in)) |
+|---|---|---|
+| W1 (d, h) | `fc1.weight = W1[:, cols_r]`, (d, h/t) | `0.weight`: `Shard(0)`, (h/t, d) = its transpose |
+| b1 (h,) | `fc1.bias = b1[cols_r]` | `0.bias`: `Shard(0)`, the same slice |
+| W2 (h, d) | `fc2.weight = W2[rows_r, :]`, (h/t, d) | `2.weight`: `Shard(1)`, (d, h/t) = its transpose |
+| b2 (d,) | `fc2.bias`, whole on every rank | `2.bias`: `Replicate()` |
+
+The names, side by side:"""),
+    ("code", """w = [max(len(row[i]) for row in bridge_tp.TP_NAME_MAP) for i in range(3)]
+print(f"{'what':{w[2]}} | {'mlscale':{w[0]}} | torch")
+print("-" * (w[2] + w[0] + w[1] + 6))
+for ours, theirs, what in bridge_tp.TP_NAME_MAP:
+    print(f"{what:{w[2]}} | {ours:{w[0]}} | {theirs}")"""),
+    ("md", """**f and g.** Megatron's two operators are the block's only communication, in both libraries:
+
+- **g**, after the row-parallel layer: each rank holds a partial sum `h_r W2[rows_r]`; an
+  all-reduce of a (batch, d) array completes Z in forward (backward: nothing). In torch,
+  RowwiseParallel's output is a `Partial` DTensor redistributed to `Replicate` (an all-reduce).
+- **f**, before the column-parallel layer: X is the same on every rank (forward: nothing);
+  in backward each rank has only its part of dX = dY_r W1[:, cols_r]^T, and an all-reduce sums
+  it. In torch, ColwiseParallel's input is `Replicate`, so its gradient comes back `Partial`
+  and is all-reduced.
+
+Both cut a dim of h the same way here (h = 16 over t = 2: 8 columns each). In general mlscale
+cuts as `np.array_split` (the first ranks one larger) and torch's `Shard` as `torch.chunk`
+(ceil(h/t) each, the last shorter): 10 over 4 is 3, 3, 2, 2 in mlscale and 3, 3, 3, 1 in torch.
+The bridge refuses such sizes rather than compare shards that differ.
+
+First mlscale alone, on the simulator: a 6-16-6 block in float64 on a regression
+(`F.mse_loss`), a global batch of 16, 6 steps, once with SGD (momentum 0.9) and once with Adam:"""),
+    ("code", """print(bridge_tp.TP_DEFAULTS)
+print("mlscale cuts h=10 over 4:", mp.shard_sizes(10, 4), "| torch.chunk:", bridge_tp.torch_chunk_sizes(10, 4))
+tp_sim = {o: ms.launch(lambda comm: bridge_tp.tp_train_mlscale(comm, Xt, Yt, optimizer=o), 2)
+          for o in bridge_tp.TP_OPTIMIZERS}
+for o, res in tp_sim.items():
+    print(f"{o:4s} loss at steps 0..5: {np.round(res[0]['losses'], 4)}")
+for k, v in tp_sim["adam"][0]["shards"].items():
+    print(f"rank 0 keeps {k:10s} {str(v.shape):8s} (torch {bridge_tp.TP_NAMES[k]}: "
+          f"{v.T.shape if k.endswith('weight') else v.shape})")"""),
+    ("md", """The torch side copies the same single-device block into `nn.Sequential(Linear, GELU, Linear)`,
+builds the mesh, parallelizes the two Linears and trains with torch's optimizer:"""),
+    ("code", """print(inspect.getsource(bridge_tp.tp_train_torch).split("    shards, placements")[0])"""),
+    ("md", """Both ran in the launch of section 2 (2 processes, tp = 2). What torch keeps on each rank
+(`param.placements` and `param.to_local().shape`), and how far apart the two libraries are:"""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+if tour is None:
+    print("skipped (torch or mpiexec missing): the tensor-parallel comparison needs the launch of section 2")
+else:
+    for name, (placements, shape) in tour[0]["tp"]["adam"]["torch"]["placements"].items():
+        print(f"torch rank 0 {name:8s} placements {placements}, local shape {shape}")
+    for o, d in bridge_tp.tp_compare([t["tp"] for t in tour]).items():
+        print(f"{o:4s} largest relative difference: losses {d['losses']:.1e}, gathered params {d['params']:.1e}, "
+              f"per-rank shards {d['shards']:.1e}")"""),
+    ("code", """# the claims, asserted where torch ran (this cell prints the same with torch or without)
+print(f"claim: on tp = 2, mlscale's ParallelMLP and torch's ColwiseParallel / RowwiseParallel agree to < "
+      f"{bridge.TOLERANCE:g} relative (losses, gathered weights, each rank's shards); asserted wherever torch ran")
+if tour is not None:
+    for o, d in bridge_tp.tp_compare([t["tp"] for t in tour]).items():
+        assert max(d.values()) < bridge.TOLERANCE, (o, d)
+    h, d = bridge_tp.TP_DEFAULTS["d_hidden"], bridge_tp.TP_DEFAULTS["d_model"]
+    for r, t in enumerate(tour):
+        assert t["tp"]["adam"]["torch"]["placements"] == {
+            "0.weight": (("Shard(dim=0)",), (h // 2, d)), "0.bias": (("Shard(dim=0)",), (h // 2,)),
+            "2.weight": (("Shard(dim=1)",), (d, h // 2)), "2.bias": (("Replicate()",), (d,))}, r
+        for o in bridge_tp.TP_OPTIMIZERS:  # mlscale's code on TorchComm = on the simulator, to the bit
+            assert t["tp"][o]["mlscale"]["losses"] == tp_sim[o][r]["losses"], (o, r)"""),
+    ("md", """### dp x tp on a 2 x 2 mesh
+
+With 4 ranks, `mp.Mesh(comm, {"dp": 2, "tp": 2})` and `init_device_mesh("cpu", (2, 2),
+mesh_dim_names=("dp", "tp"))` put tp neighbours on adjacent ranks (section 3). The block is
+tensor-parallel over `mesh["tp"]`; each dp row reads its half of the global batch. mlscale
+averages each shard's gradient over `mesh["dp"]` (an all-reduce); torch's recipe is
+`fully_shard(net, mesh=mesh["dp"])` after `parallelize_module` (FSDP2 on dp: the weights are
+cut again over dp, `(Shard(0), Shard(1))` for `2.weight`). The same mean gradient, so the
+same training. One more launch, of 4 processes:"""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+try:
+    tp2d = ms.launch(bridge_tp.tp_side_by_side, 4, args=(Xt, Yt, {"dp": 2, "tp": 2}), backend="torch", timeout=300)
+except ms.BackendUnavailable as e:
+    tp2d = None
+    print(f"skipped (torch or mpiexec missing): {e}")
+else:
+    print("torch rank 0 2.weight placements (dp, tp):", tp2d[0]["adam"]["torch"]["placements"]["2.weight"])
+    for o, d in bridge_tp.tp_compare(tp2d).items():
+        print(f"{o:4s} largest relative difference: losses {d['losses']:.1e}, gathered params {d['params']:.1e}, "
+              f"per-rank tp shards {d['shards']:.1e}")"""),
+    ("code", """print("claim: on a 2 x 2 dp x tp mesh, mlscale (TP + dp all-reduce) and torch (TP + FSDP2 on dp) agree to < "
+      f"{bridge.TOLERANCE:g} relative, every rank; ranks with the same tp coordinate hold the same shard; "
+      "asserted wherever torch ran")
+if tp2d is not None:
+    for o, d in bridge_tp.tp_compare(tp2d).items():
+        assert max(d.values()) < bridge.TOLERANCE, (o, d)
+    for k in bridge_tp.TP_NAMES:
+        for side in ("mlscale", "torch"):
+            assert np.array_equal(tp2d[0]["adam"][side]["shards"][k], tp2d[2]["adam"][side]["shards"][k]), (side, k)"""),
+    ("md", """### Attention heads over tp
+
+Heads are independent, so tensor-parallel attention gives each rank whole heads: the
+projection to Q, K and V is column-parallel (my heads' columns), attention runs on my heads
+with no communication, and the output projection is row-parallel (g: one all-reduce).
+mlscale's `TPSelfAttention` keeps ONE fused `qkv` weight (d, 3d) and picks, from each of its
+Q, K and V thirds, the columns of my heads (`mp.shard_block_state`). Torch's ColwiseParallel
+cuts a weight into t contiguous blocks of rows, which on a fused (3d, d) weight would give
+rank 0 all of Q and half of K; so torch code keeps separate `q`, `k`, `v` Linears, each
+ColwiseParallel, and the output Linear `o` RowwiseParallel:
+
+| parameter | mlscale, rank r (fused, (in, out)) | torch, rank r (`weight` (out, in)) |
+|---|---|---|
+| W_q, W_k, W_v | `qkv.weight = [Wq[:, cols_r] \\| Wk[:, cols_r] \\| Wv[:, cols_r]]`, (d, 3d/t) | `q.weight`, `k.weight`, `v.weight`: `Shard(0)`, (d/t, d) each |
+| W_o (d, d) | `proj.weight = Wo[cols_r, :]`, (d/t, d) | `o.weight`: `Shard(1)`, (d, d/t) |
+| b_o | whole on every rank | `o.bias`: `Replicate()` |
+
+`cols_r` are the dims of my heads: with 4 heads of 2 dims on 2 ranks, rank 0 has heads 0 and 1,
+dims 0..3. Torch's module views its local q as `(b, s, -1, head_dim)`, so it counts its local
+heads itself. Trained with SGD (momentum 0.9), 5 steps, causal attention, float64:"""),
+    ("code", """print(bridge_attention.ATTN_DEFAULTS)
+attn_sim = ms.launch(lambda comm: bridge_attention.attention_train_mlscale(comm, Xa, Ya), 2)
+print(f"mlscale on the simulator, loss at steps 0..4: {np.round(attn_sim[0]['losses'], 4)}")
+for k, v in attn_sim[0]["shards"].items():
+    print(f"rank 0 keeps {k:11s} {v.shape}")"""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+if tour is None:
+    print("skipped (torch or mpiexec missing): the attention comparison needs the launch of section 2")
+else:
+    for name, (placements, shape) in tour[0]["attention"]["torch"]["placements"].items():
+        print(f"torch rank 0 {name:8s} placements {placements}, local shape {shape}")
+    d = bridge_attention.attention_compare([t["attention"] for t in tour])
+    print(f"largest relative difference: losses {d['losses']:.1e}, gathered params {d['params']:.1e}, "
+          f"per-rank shards {d['shards']:.1e}")"""),
+    ("code", """print(f"claim: TPSelfAttention and torch's ColwiseParallel (q, k, v) / RowwiseParallel (o) agree to < "
+      f"{bridge.TOLERANCE:g} relative (losses, gathered weights, each rank's shards); asserted wherever torch ran")
+if tour is not None:
+    d = bridge_attention.attention_compare([t["attention"] for t in tour])
+    assert max(d.values()) < bridge.TOLERANCE, d
+    for r, t in enumerate(tour):
+        assert t["attention"]["mlscale"]["losses"] == attn_sim[r]["losses"], r"""),
+    ("md", """Why SGD here and not Adam? The key bias `b_k` adds `q . b_k` to a whole row of
+attention scores, which softmax ignores: its gradient is zero, and each library computes
+rounding noise of about 1e-17 there instead, each its own. Adam divides a gradient by its own
+running size, so it turns that noise into steps of about `lr g / (|g| + eps)` ~ 1e-11: after
+5 steps the two libraries differ by some 1e-11 in `b_k` alone, every other parameter still
+near 1e-16. A property of Adam on a parameter that does nothing, not a difference in the math
+(`bridge_attention.attention_train_mlscale(..., optimizer="adam")` shows it)."""),
     ("md", """## Running it as torch does
 
 The same program runs under torchrun, which is how torch jobs start on one machine or many
@@ -214,7 +375,13 @@ mlscale's ring on both engines in one run; the figures are in `docs/benchmarks.m
   `bucket_bytes` ↔ `bucket_cap_mb`, FSDP units ↔ `fully_shard` per module,
   `MixedPrecisionPolicy` ↔ `MixedPrecisionPolicy`.
 - They differ in where the work is hidden (autograd hooks in torch, visible collectives in
-  mlscale) and in how they cut: whole tensors (ZeRO-1), dim-0 rows (FSDP2) against flat chunks."""),
+  mlscale) and in how they cut: whole tensors (ZeRO-1), dim-0 rows (FSDP2) against flat chunks.
+- Tensor parallelism is one to one too: `ColumnParallelLinear` ↔ `ColwiseParallel`,
+  `RowParallelLinear` ↔ `RowwiseParallel`, `Mesh["tp"]` ↔ `DeviceMesh["tp"]`, Megatron's g (the
+  row-parallel output all-reduce) and f (the column-parallel input-gradient all-reduce) ↔
+  DTensor's `Partial -> Replicate`; each rank holds the same shard in both, transposed
+  because `nn.Linear` stores (out, in). Attention heads split the same way: mlscale's fused
+  `qkv` by whole heads ↔ ColwiseParallel on separate `q`, `k`, `v`, `proj` ↔ RowwiseParallel `o`."""),
 ]
 
 

@@ -20,7 +20,8 @@ def NCCLComm(*args, **kwargs):
 
 
 def TorchComm(*args, **kwargs):
-    """The torch engine over torch.distributed (gloo): ``torchrun --nproc-per-node 4 script.py``."""
+    """The torch engine over torch.distributed: gloo, NumPy arrays (``device="cpu"``), or NCCL
+    with a gloo control group, CuPy arrays (``device="gpu"``); ``torchrun --nproc-per-node 4 script.py``."""
     from .torch_dist import TorchComm as _TorchComm
 
     return _TorchComm(*args, **kwargs)

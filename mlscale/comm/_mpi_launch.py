@@ -237,12 +237,13 @@ def _rank_error(rank, world_size, info, engine):
 
 
 def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=True, echo=True,
-                     mpiexec=None, extra_args=()):
+                     mpiexec=None, extra_args=(), comm_kwargs=None):
     """Run ``fn(comm, *args)`` on ``world_size`` processes under mpiexec; return the
     list of results by rank. ``engine``: "mpi" (MPIComm), "nccl" (NCCLComm, rank r
     on GPU r) or "torch" (TorchComm: a gloo process group, its store on a free port of
     this machine). ``echo``: copy the ranks' output to this process's stdout (always kept
-    for error messages). ``timeout``: wall-clock seconds for the whole run."""
+    for error messages). ``timeout``: wall-clock seconds for the whole run. ``comm_kwargs``:
+    passed to the engine's communicator in every rank (e.g. ``{"device": "gpu"}``)."""
     import cloudpickle
 
     terminated = False
@@ -264,7 +265,8 @@ def launch_processes(fn, world_size, args=(), engine="mpi", timeout=None, check=
     old_term = _catch_sigterm()
     try:
         meta = {"sys_path": list(sys.path), "engine": engine, "check": check, "world_size": world_size,
-                "board": grace is not None}  # the ranks keep state boards (_mpi_state) unless the check is off
+                "board": grace is not None,  # the ranks keep state boards (_mpi_state) unless the check is off
+                "comm_kwargs": dict(comm_kwargs or {})}
         if engine == "torch":  # torch.distributed's rendezvous: rank 0 serves the store on a free port
             meta["master_port"] = _free_port()
         with open(os.path.join(d, "meta.pkl"), "wb") as f:

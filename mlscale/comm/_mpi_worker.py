@@ -107,7 +107,7 @@ def main(d):
             os.environ.update(RANK=str(rank), WORLD_SIZE=str(world.Get_size()),
                               LOCAL_RANK=str(rank), MASTER_ADDR=meta.get("master_addr", "127.0.0.1"),
                               MASTER_PORT=str(meta["master_port"]))
-            comm = TorchComm(check=meta["check"])
+            comm = TorchComm(check=meta["check"], **meta.get("comm_kwargs", {}))
         elif meta["engine"] == "nccl":
             from mlscale.comm.nccl import NCCLComm
 

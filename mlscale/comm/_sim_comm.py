@@ -27,7 +27,22 @@ def _doing(comm, tag, plain, in_coll):
     Called only when a report needs it."""
     if tag < MAX_TAG:
         return plain
-    return in_collective(comm._labels[-1] if comm._labels else "", comm._coll_seq, in_coll)
+    said_ = in_collective(comm._labels[-1] if comm._labels else "", comm._coll_seq, in_coll)
+    # the ranks that came first into a collective do not wait for the others at its
+    # argument check (Simulator.agree): while some have not called it, say who
+    board = comm.sim.boards.get((comm.ctx, comm._coll_seq - 1))
+    if board is not None and len(board) < comm.world_size:
+        said_ += f", {_not_called(comm, board)}"
+    return said_
+
+
+def _not_called(comm, board):
+    """'waiting for rank(s) [2] to call it' (global ranks, and local ones in a split)."""
+    missing = [r for r in range(comm.world_size) if r not in board]
+    glob = [comm.group[r] for r in missing]
+    if glob == missing:
+        return f"waiting for rank(s) {missing} to call it"
+    return f"waiting for global rank(s) {glob} (local rank(s) {missing} of this sub-communicator) to call it"
 
 
 def _isend_what(comm, dst, tag):

@@ -92,8 +92,9 @@ class Mailboxes:
                 self._yield(R)  # someone is behind R in virtual time: it goes first
         D = self.ranks[dst]
         if D.state == DEAD:
+            g = "global rank" if ctx else "rank"  # (in a split, name the global ranks as such)
             raise RankFailure(
-                f"rank {R.rank} sent to rank {dst} ({_on_tag(tag, label)}), which died at t={D.died_at:.6g} s",
+                f"{g} {R.rank} sent to {g} {dst} ({_on_tag(tag, label)}), which died at t={D.died_at:.6g} s",
                 failed_rank=dst,
             )
         nbytes = buf.nbytes
@@ -101,7 +102,8 @@ class Mailboxes:
         if limit is not None and nbytes > limit:
             return self._post_rendezvous(R, ctx, dst, tag, buf, label, given)
         if not given:
-            buf = buf.copy() if nbytes < self.POOL_MIN and not _shape_only(buf) else self._snapshot(buf)
+            buf = buf.copy() if nbytes < self.POOL_MIN and (buf.__class__ is np.ndarray or not _shape_only(buf)) \
+                else self._snapshot(buf)
         return self._transfer(R, R.clock, ctx, dst, tag, buf, label)
 
     def _transfer(self, R, ready, ctx, dst, tag, payload, label, idx=None):
@@ -110,7 +112,13 @@ class Mailboxes:
         None). Returns the arrival time."""
         nbytes = payload.nbytes
         src, net = R.rank, self.net
-        start = max(ready, self.egress[src], self.ingress[dst])
+        start = ready  # max(ready, the ports' free times), without the call (once per message)
+        e = self.egress[src]
+        if e > start:
+            start = e
+        e = self.ingress[dst]
+        if e > start:
+            start = e
         if net.links is None and type(net) is NetworkModel:  # (message_time, inlined)
             end = start + (net.alpha + nbytes * net.beta)
         else:
@@ -132,10 +140,13 @@ class Mailboxes:
             idx = box.nsent
             box.nsent += 1
         box.msgs[idx] = (end, payload)
-        box.posted_at.pop(idx, None)
+        if box.posted_at:
+            box.posted_at.pop(idx, None)
         for E in self.members[dst]:
-            if E.state == BLOCKED:
-                self._wake(E, end)
+            if E.state == BLOCKED:  # (Simulator._wake, inlined)
+                E.token += 1
+                E.state = READY
+                heapq.heappush(self.heap, (end if end > E.clock else E.clock, _RESUME, E.eid, E.token))
         return end
 
     def _post_rendezvous(self, R, ctx, dst, tag, buf, label, given):
@@ -251,8 +262,9 @@ class Mailboxes:
             S = self.ranks[src]
             if item is None and S.state == DEAD:
                 self.advance(R, S.died_at)
+                g = "global rank" if ctx else "rank"
                 raise RankFailure(
-                    f"rank {R.rank} waited in {said(what)}: rank {src} died at t={S.died_at:.6g} s "
+                    f"{g} {R.rank} waited in {said(what)}: {g} {src} died at t={S.died_at:.6g} s "
                     "before sending it", failed_rank=src,
                 )
             if deadline is not None and (self.now >= deadline or (item is not None)):

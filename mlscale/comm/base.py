@@ -297,6 +297,8 @@ class Communicator:
         as in MPI (int8 100 + 100 + 100 = 44); pass a wider dtype to avoid it."""
         x = self._as_array(x)
         fn, _ = self._collective("all_reduce", x, op, algorithm)
+        if out is None:  # the common case, first
+            return self._run("all_reduce", fn, x, op)
         self._check_out("all_reduce", out)
         fits = out is not None and tuple(out.shape) == tuple(x.shape) and out.dtype == x.dtype and (
             op != "mean" or x.dtype.kind in "fc")

@@ -30,9 +30,10 @@ def launch(fn, world_size, args=(), backend="sim", device="cpu", network=None, t
     backend  "sim" (default; ranks simulated in this process), "mpi" (MPI processes
              through mpiexec), "nccl" (one process per GPU), "torch" (processes joined by a
              torch.distributed gloo group; started by mpiexec as "mpi" is; needs
-             ``pip install "mlscale[torch]"``)
+             ``pip install "mlscale[torch]"``; with device="gpu": NCCL, one GPU per rank)
     device   "cpu" or "gpu" (sim with "gpu": every rank's arrays are CuPy arrays on the
-             one GPU of this machine; "N logical GPUs on one device")
+             one GPU of this machine; "N logical GPUs on one device"; torch with "gpu":
+             CuPy arrays over torch's NCCL, headers over gloo, mlscale.comm.torch_nccl)
     network  a ``NetworkModel`` (sim only)
     timeout  wall-clock seconds for the whole run. sim, called from the main thread: a
              SIGALRM timer raises TimeoutError inside the rank running when the time is up

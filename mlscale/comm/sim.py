@@ -341,8 +341,33 @@ class Simulator(Mailboxes):
 
     # ------------------------------------------------------------------ agreement (no modelled cost)
     def agree(self, comm, sig, extra):
-        R = comm._R
+        """The cross-rank check of a collective's arguments (and the exchange of ``extra``).
+
+        With no ``extra`` to hand back (all_reduce, broadcast, ...), a rank does not wait
+        for the others: it leaves its signature on the collective's board and goes on into
+        the algorithm, and whichever rank comes later compares against it (as before, the
+        later one reports a mismatch, before it sends anything). No message of a rank that
+        disagrees ever moves, so nothing wrong is computed; what changes is only that the
+        ranks that came first wait in the algorithm's first receive instead of at a barrier
+        (a deadlock report still says who has not called the collective: ``_doing``).
+        With ``extra`` (all_gather's counts, split's colours) every rank needs every
+        other's, so it waits until all have come."""
         key = (comm.ctx, comm._coll_seq)
+        if extra is None:
+            board = self.boards.get(key)
+            if board is None:
+                if comm.world_size > 1:
+                    self.boards[key] = {comm.rank: (sig, None)}
+                return None
+            for r, (s, _) in board.items():
+                if s != sig:
+                    raise CommError(_mismatch_message(comm, r, s, sig))
+                break
+            board[comm.rank] = (sig, None)
+            if len(board) == comm.world_size:
+                del self.boards[key]
+            return None
+        R = comm._R
         board = self.boards.setdefault(key, {})
         for r, (s, _) in board.items():
             if s != sig:
@@ -385,13 +410,9 @@ class _Missing:
         self.comm, self.board, self.name, self.seq = comm, board, name, seq
 
     def __str__(self):
-        c = self.comm
-        missing = [r for r in range(c.world_size) if r not in self.board]
-        glob = [c.group[r] for r in missing]
-        who = f"global rank(s) {glob}" if glob != missing else f"rank(s) {missing}"
-        if glob != missing:
-            who += f" (local rank(s) {missing} of this sub-communicator)"
-        return f"{self.name} (collective #{self.seq}), waiting for {who} to call it"
+        from ._sim_comm import _not_called
+
+        return f"{self.name} (collective #{self.seq}), {_not_called(self.comm, self.board)}"
 
 
 def _mismatch_message(comm, other, theirs, mine):

@@ -1,4 +1,4 @@
-"""The ``torch`` engine: :class:`TorchComm` over ``torch.distributed`` (gloo on CPUs).
+"""The ``torch`` engine: :class:`TorchComm` over ``torch.distributed`` (gloo on CPUs, NCCL on GPUs).
 
     ms.launch(program, world_size=4, backend="torch")      # 4 processes, gloo
     # or, in a script:  torchrun --nproc-per-node 4 script.py   with   ms.comm.TorchComm()
@@ -31,7 +31,11 @@ mlscale's own algorithms run over the send/recv above, as on every engine.
 ``split`` makes a new gloo process group over a prefix of the world's store, so only the
 members of the new group take part (sub-communicators of sub-communicators work).
 
-NCCL (GPUs) is not wired yet: ``device="gpu"`` raises and says so.
+GPUs. ``TorchComm(device="gpu")`` (``ms.launch(..., backend="torch", device="gpu")``, or
+under torchrun, GPU ``LOCAL_RANK``) carries the arrays over NCCL and the headers and
+argument checks over a gloo group beside it, CuPy arrays in and out: see
+:mod:`mlscale.comm.torch_nccl` (``two_groups=True`` runs that code on CPU). Its clear
+errors say what is missing: a CUDA torch, NCCL in the build, CuPy, a GPU per rank.
 """
 from __future__ import annotations
 
@@ -62,6 +66,27 @@ _SEQ_WRAP = (1 << 30) - _PAYLOAD
 _GLOO_REDUCE = {np.dtype(t) for t in ("i1", "u1", "i4", "i8", "f4", "f8")}
 
 
+def _header(torch, buf, seq):
+    """The int64 header of a message: dtype code, ndim, nbytes, sequence number, shape."""
+    h = [_CODE[buf.dtype], buf.ndim, buf.nbytes, seq] + list(buf.shape) + [0] * (_MAXDIM - buf.ndim)
+    return torch.tensor(h, dtype=torch.int64)
+
+
+def _check_sendable(comm, buf):
+    if buf.dtype not in _CODE:
+        raise CommError(f"{comm._describe()}: cannot send dtype {buf.dtype} on the torch engine; "
+                        f"send one of {[str(d) for d in _DTYPES]}")
+    if buf.ndim > _MAXDIM:
+        raise CommError(f"{comm._describe()}: a {buf.ndim}-d array; the torch engine sends up to "
+                        f"{_MAXDIM} dims: reshape it first")
+
+
+def _read_header(hdr):
+    """(dtype, shape, nbytes, seq) of a received header tensor."""
+    h = hdr.tolist()
+    return _DTYPES[h[0]], tuple(h[4:4 + h[1]]), h[2], h[3]
+
+
 def _torch():
     try:
         import torch
@@ -81,7 +106,9 @@ def timeout_seconds():
         raise CommError(f"MLSCALE_TORCH_TIMEOUT={os.environ['MLSCALE_TORCH_TIMEOUT']!r} must be seconds") from None
 
 
-def _init_default_group(dist):
+def _init_default_group(dist, backend="gloo", device_id=None):
+    """init_process_group(backend) from torchrun's environment (NCCL: bound to ``device_id``,
+    which makes its communicator at once), and the leave-together handler at exit."""
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise CommError(
@@ -89,7 +116,8 @@ def _init_default_group(dist):
             "script with torchrun (torchrun --nproc-per-node 4 script.py), call "
             "torch.distributed.init_process_group('gloo') first, or use ms.launch(fn, 4, backend='torch')"
         )
-    dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_seconds()))
+    kw = {} if device_id is None else {"device_id": device_id}
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()), **kw)
     _leave_together_at_exit(dist)
 
 
@@ -251,9 +279,7 @@ class _Recv(Request):
                 warnings.simplefilter("ignore")
                 self.src = int(self.hw.source_rank())
         self.hw = None  # no gloo Work outlives its operation (one alive at exit can abort the process)
-        h = self.hdr.tolist()
-        dtype, ndim, nbytes, seq = _DTYPES[h[0]], h[1], h[2], h[3]
-        shape = tuple(h[4:4 + ndim])
+        dtype, shape, nbytes, seq = _read_header(self.hdr)
         out, error = self.out, None
         if out is not None and (tuple(out.shape) != shape or out.dtype != dtype):
             error = CommError(
@@ -299,13 +325,32 @@ class _Recv(Request):
 
 
 class TorchComm(Communicator):
-    """A communicator over a torch.distributed gloo process group (default: the world,
-    joined or initialised from torchrun's environment). ``check=False`` skips the
-    cross-rank argument check of collectives."""
+    """A communicator over torch.distributed (default: the world, joined or initialised
+    from torchrun's environment). ``check=False`` skips the cross-rank argument check of
+    collectives.
+
+    ``device="cpu"`` (default): one gloo process group carries everything; NumPy arrays.
+    ``device="gpu"``: NCCL carries the arrays, CuPy arrays on this rank's GPU (GPU
+    ``LOCAL_RANK``), and a gloo group beside it the headers and argument checks: see
+    :mod:`mlscale.comm.torch_nccl`. ``two_groups=True`` with ``device="cpu"`` runs that
+    same two-group code with a second gloo group for the arrays (NumPy through DLPack):
+    the GPU engine's logic, on a machine without one."""
 
     backend = "torch"
 
-    def __init__(self, group=None, check=True, _members=None, _uid="w"):
+    def __new__(cls, *args, device="cpu", two_groups=False, **kwargs):
+        if len(args) > 2:  # device (and two_groups) given by position
+            device, two_groups = args[2], (args[3] if len(args) > 3 else two_groups)
+        if cls is TorchComm and (device == "gpu" or two_groups):
+            from .torch_nccl import TorchTwoGroupComm
+
+            cls = TorchTwoGroupComm
+        return super().__new__(cls)
+
+    def __init__(self, group=None, check=True, device="cpu", two_groups=False, _members=None, _uid="w"):
+        if device not in ("cpu", None):
+            raise CommError(f"TorchComm(device={device!r}): use device='cpu' (gloo, NumPy arrays) or "
+                            "device='gpu' (NCCL, CuPy arrays)")
         torch, dist = _torch()
         self._torch, self._dist = torch, dist
         if group is None:
@@ -324,7 +369,7 @@ class TorchComm(Communicator):
         self._board = board()  # what this rank waits for, read by ms.launch's watcher (_mpi_state)
 
     # ------------------------------------------------------------------ waiting
-    def _finish(self, works, what):
+    def _finish(self, works, what, on="gloo"):
         for w in works:
             try:
                 w.wait()
@@ -333,7 +378,7 @@ class TorchComm(Communicator):
                 if "closed by peer" in why.lower():
                     why = ("a peer process ended (it raised, exited or was killed) while this rank waited; "
                            f"gloo says: {why}")
-                raise CommError(f"{self._describe()}: {what} failed in gloo: {why}") from None
+                raise CommError(f"{self._describe()}: {what} failed in {on}: {why}") from None
 
     def _wait_works(self, works, what):
         self._enter(what)
@@ -379,16 +424,10 @@ class TorchComm(Communicator):
     def _post_send(self, buf, dst, tag):
         if tag >= _PAYLOAD:
             raise CommError(f"{self._describe()}: internal tag {tag} collides with the torch engine's payload tags")
-        if buf.dtype not in _CODE:
-            raise CommError(f"{self._describe()}: cannot send dtype {buf.dtype} on the torch engine; "
-                            f"send one of {[str(d) for d in _DTYPES]}")
-        if buf.ndim > _MAXDIM:
-            raise CommError(f"{self._describe()}: a {buf.ndim}-d array; the torch engine sends up to "
-                            f"{_MAXDIM} dims: reshape it first")
+        _check_sendable(self, buf)
         torch = self._torch
         seq = self._seq[dst] = (self._seq[dst] + 1) % _SEQ_WRAP
-        h = [_CODE[buf.dtype], buf.ndim, buf.nbytes, seq] + list(buf.shape) + [0] * (_MAXDIM - buf.ndim)
-        hdr = torch.tensor(h, dtype=torch.int64)
+        hdr = _header(torch, buf, seq)
         works, keep = [self._pg.send([hdr], dst, tag)], [hdr]
         if buf.nbytes:
             flat = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
@@ -553,15 +592,22 @@ _NATIVE = {
 
 
 def launch_torch(fn, world_size, args=(), device="cpu", timeout=None, **kwargs):
-    """Run ``fn(comm, *args)`` on ``world_size`` processes joined by a gloo process group;
-    return the results by rank. The processes are started (and their faults reported) by
-    :mod:`mlscale.comm._mpi_launch`, as for ``backend="mpi"``."""
+    """Run ``fn(comm, *args)`` on ``world_size`` processes joined by a gloo process group
+    (``device="gpu"``: NCCL, one GPU per rank, CuPy arrays); return the results by rank.
+    The processes are started (and their faults reported) by :mod:`mlscale.comm._mpi_launch`,
+    as for ``backend="mpi"``."""
     from ._mpi_launch import launch_processes
 
+    torch, dist = _torch()
+    if device == "gpu":
+        from .torch_nccl import check_gpu_world, gpu_requirements
+
+        gpu_requirements(torch, dist)  # fail here, clearly, rather than in every rank
+        check_gpu_world(torch, world_size)
+        return launch_processes(fn, world_size, args, engine="torch", timeout=timeout,
+                                comm_kwargs={"device": "gpu"}, **kwargs)
     if device not in ("cpu", None):
-        raise CommError(f"backend='torch' runs gloo on CPUs (device={device!r} asked); NCCL through torch is "
-                        "not wired yet: use backend='nccl', device='gpu'")
-    _torch()
+        raise CommError(f"backend='torch': device={device!r}; use device='cpu' (gloo) or device='gpu' (NCCL)")
     return launch_processes(fn, world_size, args, engine="torch", timeout=timeout, **kwargs)
 
 
