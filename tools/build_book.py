@@ -67,6 +67,8 @@ API_NOTEBOOKS = {
     "mlscale.viz": "02_collectives",              # the ring animation
     "mlscale.bench": "01_why_scale",              # fit_alpha_beta: the measured alpha-beta model
     "mlscale.bridge": "15_bridge_to_pytorch",
+    "mlscale.bridge_tp": "15_bridge_to_pytorch",
+    "mlscale.bridge_attention": "15_bridge_to_pytorch",
     "mlscale.doctor": "00_welcome",
     "mlscale.meta": "14_planning_a_training_run",
     "mlscale.whatif": "14_planning_a_training_run",

@@ -6,7 +6,8 @@ directly. All three are pure-Python pip packages (Jupyter Book 2 needs Node.js f
 API reference, and a client-side search index; myst-nb reads the notebooks with their
 stored outputs (``nb_execution_mode = "off"``: the book never runs a notebook, ``make
 test`` does); the book theme draws the Binder and Colab launch buttons of every notebook
-page (_launch_buttons_everywhere below: the same dropdown on every other page). tools/build_book.py stages the sources (README as ``index``, the notebooks, the
+page (and _launch_buttons_everywhere below the same dropdown on every other page).
+tools/build_book.py stages the sources (README as ``index``, the notebooks, the
 generated API pages) in the same layout as the repository, so relative links and the
 launch buttons' notebook paths are those of the repository.
 """
