@@ -13,7 +13,9 @@ over HTTP from 127.0.0.1, visits every page and checks what a reader would see.
   has image outputs;
 - the ring all-reduce animation of notebook 02 plays: a click on its Play button changes
   the frame shown (the image and the slider move, the screenshots differ);
-- the search page finds a word in the notebook that teaches it.
+- the search page finds a word in the notebook that teaches it;
+- a page that is not a notebook (an API page) shows the launch buttons, and a click on
+  the rocket opens them.
 
 Chromium is driven over the DevTools protocol with websocket-client (tests/_chromium.py):
 no Selenium, no driver binary. Skips, saying how to install it, where Chromium is absent
@@ -249,6 +251,38 @@ def test_the_ring_animation_plays(site, browser, shots):
     assert shot_after != shot_before
     errors = browser.report(base + ANIMATED).js_errors
     assert errors == []
+
+
+LAUNCH_JS = """(() => {
+  const vis = e => { const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+    return r.width > 0 && r.height > 0 && r.top >= 0 && r.bottom <= innerHeight
+           && s.visibility !== 'hidden' && s.display !== 'none'; };
+  const d = document.querySelector('.dropdown-launch-buttons');
+  const b = d.querySelector('button.dropdown-toggle'), r = b.getBoundingClientRect();
+  return {x: r.x + r.width / 2, y: r.y + r.height / 2, button: vis(b),
+          items: Array.from(d.querySelectorAll('a.dropdown-item'))
+                      .map(a => ({href: a.href, title: a.getAttribute('title') || a.dataset.bsOriginalTitle,
+                                  text: a.textContent.trim(), shown: vis(a)}))};
+})()"""
+
+
+def test_launch_buttons_on_a_page_that_is_not_a_notebook(site, browser, shots):
+    """The API page of mlscale.parallel shows the rocket in its header; a click opens the
+    dropdown with Binder and Colab, both opening notebook 09 (build_book.API_NOTEBOOKS)."""
+    html, base = site
+    v = browser.visit(base + "api/mlscale.parallel.html")
+    assert v.js_errors == [] and v.failed_requests == []
+    before = browser.evaluate(LAUNCH_JS)
+    assert before["button"], "the launch button is not visible in the page header"
+    assert [i["shown"] for i in before["items"]] == [False, False]   # a closed dropdown
+    browser.click(before["x"], before["y"])
+    after = browser.wait_for("(() => { const s = " + LAUNCH_JS + ";"
+                             " return s.items.every(i => i.shown) ? s : null; })()", timeout=5)
+    browser.screenshot(shots / "launch_buttons_api_mlscale.parallel.png")
+    urls = build_book.launch_urls(f"notebooks/{build_book.API_NOTEBOOKS['mlscale.parallel']}.ipynb")
+    assert [(i["text"], i["href"]) for i in after["items"]] == [("Binder", urls["Binder"]), ("Colab", urls["Colab"])]
+    assert all("09_model_parallelism.ipynb" in i["title"] for i in after["items"])
+    assert browser.report(base + "api/mlscale.parallel.html").js_errors == []
 
 
 def test_search_finds_the_notebook(site, browser, shots):

@@ -36,6 +36,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "docs" / "book"
 DEFAULT_OUT = ROOT / "build" / "book"
 REPOSITORY_BRANCH = "main"
+# where the launch buttons open the repository: docs/book/conf.py hands these to the theme
+# (its buttons on notebook pages), launch_urls and page_launch_buttons build the same links
+BINDERHUB_URL = "https://mybinder.org"
+COLAB_URL = "https://colab.research.google.com"
 
 # the API reference: one page per subpackage (its docstring, then each public submodule),
 # the ones the course is about first, then every other public package or module of mlscale
@@ -43,6 +47,32 @@ API_FIRST = ["mlscale.comm", "mlscale.collectives", "mlscale.ops", "mlscale.nn",
              "mlscale.train", "mlscale.parallel", "mlscale.decentralized", "mlscale.federated",
              "mlscale.compress", "mlscale.serving", "mlscale.check", "mlscale.viz"]
 API_SKIP = {"mlscale.cli"}   # the command line: `mlscale --help`
+
+# the notebook that teaches each API page's package: the target of that page's launch
+# buttons (tests/test_book.py checks that the notebook's code uses names the package
+# defines); a page not listed here launches the course as a whole (see page_launch_buttons)
+API_NOTEBOOKS = {
+    "mlscale.comm": "02_collectives",             # launch, send/recv, NetworkModel
+    "mlscale.collectives": "02_collectives",      # ring, tree, ... built on send/recv
+    "mlscale.ops": "10_gpu_kernels",
+    "mlscale.nn": "12_transformers_at_scale",     # GPT, attention, layer norms
+    "mlscale.data": "03_data_parallel",           # partitioners and batching
+    "mlscale.train": "03_data_parallel",          # the loop and its synchronizers
+    "mlscale.parallel": "09_model_parallelism",
+    "mlscale.decentralized": "06_decentralized",
+    "mlscale.federated": "07_federated",
+    "mlscale.compress": "08_compression",
+    "mlscale.serving": "11_many_gpus_many_machines",
+    "mlscale.check": "02_collectives",            # the first exercise and its checker
+    "mlscale.viz": "02_collectives",              # the ring animation
+    "mlscale.bench": "01_why_scale",              # fit_alpha_beta: the measured alpha-beta model
+    "mlscale.bridge": "15_bridge_to_pytorch",
+    "mlscale.bridge_tp": "15_bridge_to_pytorch",
+    "mlscale.bridge_attention": "15_bridge_to_pytorch",
+    "mlscale.doctor": "00_welcome",
+    "mlscale.meta": "14_planning_a_training_run",
+    "mlscale.whatif": "14_planning_a_training_run",
+}
 
 
 def api_packages(root: pathlib.Path = ROOT) -> list[str]:
@@ -114,19 +144,46 @@ def api_page(package: str) -> str:
 
 def launch_urls(notebook: str) -> dict[str, str]:
     """Binder and Colab URLs that open ``notebook`` (a path in the repository) of the
-    repository's ``main``: the links sphinx-book-theme's launch buttons build."""
+    repository's ``main``: the links sphinx-book-theme's launch buttons build
+    (``<binderhub>/v2/gh/<owner>/<repo>/<branch>?urlpath=lab/tree/<path>`` and
+    ``<colab>/github/<owner>/<repo>/blob/<branch>/<path>``). A folder for ``notebook``
+    (``"notebooks"``) gives a Binder link to JupyterLab's file browser on that folder
+    (Colab opens single notebooks only: its link is then of no use)."""
     owner, repo = urllib.parse.urlsplit(repository_url()).path.strip("/").split("/")[:2]
     return {
-        "Binder": f"https://mybinder.org/v2/gh/{owner}/{repo}/{REPOSITORY_BRANCH}?urlpath=lab/tree/{notebook}",
-        "Colab": f"https://colab.research.google.com/github/{owner}/{repo}/blob/{REPOSITORY_BRANCH}/{notebook}",
+        "Binder": f"{BINDERHUB_URL}/v2/gh/{owner}/{repo}/{REPOSITORY_BRANCH}?urlpath=lab/tree/{notebook}",
+        "Colab": f"{COLAB_URL}/github/{owner}/{repo}/blob/{REPOSITORY_BRANCH}/{notebook}",
     }
+
+
+def page_launch_buttons(docname: str) -> dict[str, tuple[str, str]]:
+    """The launch buttons of a page that is not a notebook (the theme draws those of the
+    notebook pages): ``{"Binder": (url, tooltip), "Colab": (url, tooltip)}``.
+
+    - an API page (``api/mlscale.ops``) whose package has a notebook in API_NOTEBOOKS:
+      both open that notebook (``notebooks/10_gpu_kernels.ipynb``);
+    - any other page (the landing page, the API index, docs/, search, index): Binder
+      opens JupyterLab on the ``notebooks/`` folder, Colab the first notebook (Colab has
+      no view of a folder).
+
+    The tooltip says which, e.g. "Launch on Colab: notebooks/10_gpu_kernels.ipynb, the
+    notebook of mlscale.ops"."""
+    package = docname[len("api/"):] if docname.startswith("api/") else None
+    if package in API_NOTEBOOKS:
+        path = f"notebooks/{API_NOTEBOOKS[package]}.ipynb"
+        urls = launch_urls(path)
+        return {k: (u, f"Launch on {k}: {path}, the notebook of {package}") for k, u in urls.items()}
+    first = f"notebooks/{notebooks()[0].name}"
+    return {"Binder": (launch_urls("notebooks")["Binder"],
+                       "Launch on Binder: JupyterLab on the course's notebooks/ folder"),
+            "Colab": (launch_urls(first)["Colab"], f"Launch on Colab: {first}, the first notebook")}
 
 
 def index_page(readme: str, nbs: list[pathlib.Path], docs: list[pathlib.Path]) -> str:
     """The landing page: the README as it is on the repository's front page, with a line
-    under its title that launches the first notebook on Binder or Colab (the theme puts
-    launch buttons on notebook pages only), and the book's table of contents appended
-    (hidden: it becomes the sidebar)."""
+    under its title that launches the first notebook on Binder or Colab (in the text, where
+    a first-time reader looks; the header's launch buttons are there too), and the
+    book's table of contents appended (hidden: it becomes the sidebar)."""
     course = "\n".join(f"notebooks/{p.stem}" for p in nbs)
     more = "\n".join(["api/index"] + [f"docs/{p.stem}" for p in docs])
     urls = launch_urls(f"notebooks/{nbs[0].name}")
@@ -197,6 +254,25 @@ def build(out: pathlib.Path = DEFAULT_OUT, jobs: str = "1", verbose: bool = Fals
     return html
 
 
+_PROBLEM = re.compile(r"(?:^|: )(WARNING|ERROR|CRITICAL): ")
+
+
+def problems(out: pathlib.Path = DEFAULT_OUT) -> list[str]:
+    """Every problem of the book as last built into ``out``, each as its first line
+    (``path:line: WARNING: message [type]``): what each page's reading logged, as
+    tools/sphinx_problems.py keeps it across incremental builds (a page not read again
+    keeps its problems), then what this build logged in ``out/sphinx.log`` besides (the
+    writing of the pages it wrote: a broken cross-reference, say)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from sphinx_problems import read_problems
+    out = pathlib.Path(out).resolve()
+    kept = [p.splitlines()[0] for lines in read_problems(out / "doctrees").values() for p in lines]
+    log = out / "sphinx.log"
+    logged = [line.strip() for line in log.read_text(errors="replace").splitlines()
+              if _PROBLEM.search(line.strip())] if log.exists() else []
+    return kept + [line for line in logged if line not in kept]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
@@ -215,13 +291,14 @@ def main(argv=None) -> int:
         html = build(args.out, jobs=args.jobs, verbose=args.verbose)
     except BookBuildError as e:
         raise SystemExit(f"make book: {e}") from None
-    warnings = (pathlib.Path(args.out).resolve() / "sphinx.log")
-    n = sum(1 for line in warnings.read_text().splitlines() if " WARNING: " in line or " ERROR: " in line) \
-        if warnings.exists() else 0
+    found = problems(args.out)
     print(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")
-    if n:
-        print(f"  Sphinx reported {n} problems in the pages it (re)built, most of them docstrings"
-              f" that are not valid reStructuredText: {warnings}")
+    if found:
+        print(f"  {len(found)} problems (warnings or errors; tests/test_book.py wants none):")
+        for line in found:
+            print("    " + line)
+        print(f"  (in full: {pathlib.Path(args.out).resolve() / 'doctrees' / 'problems.json'},"
+              f" and {pathlib.Path(args.out).resolve() / 'sphinx.log'} for this build)")
     return 0
 
 

@@ -6,7 +6,8 @@ directly. All three are pure-Python pip packages (Jupyter Book 2 needs Node.js f
 API reference, and a client-side search index; myst-nb reads the notebooks with their
 stored outputs (``nb_execution_mode = "off"``: the book never runs a notebook, ``make
 test`` does); the book theme draws the Binder and Colab launch buttons of every notebook
-page. tools/build_book.py stages the sources (README as ``index``, the notebooks, the
+page (and _launch_buttons_everywhere below the same dropdown on every other page).
+tools/build_book.py stages the sources (README as ``index``, the notebooks, the
 generated API pages) in the same layout as the repository, so relative links and the
 launch buttons' notebook paths are those of the repository.
 """
@@ -19,13 +20,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))            # autodoc imports this checkout's mlscale
 sys.path.insert(0, str(ROOT / "tools"))
 
+import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
 import re  # noqa: E402
 
 from docutils import nodes  # noqa: E402
 
-from build_book import REPOSITORY_BRANCH, repository_url  # noqa: E402
+from build_book import (BINDERHUB_URL, COLAB_URL, REPOSITORY_BRANCH,  # noqa: E402
+                        page_launch_buttons, repository_url)
 
 project = "mlscale"
 author = "the mlscale authors"
@@ -35,7 +38,13 @@ extensions = [
     "myst_nb",               # .md (MyST) and .ipynb sources; registers myst_parser itself
     "sphinx.ext.autodoc",
     "sphinx.ext.linkcode",   # "[source]" of every documented object: the file on the repository
+    "sphinx_problems",       # tools/sphinx_problems.py: every page's warnings, kept across builds
 ]
+# the docstring hooks below shape every API page, but Sphinx does not see a change of
+# this file's functions (only of its settings): this digest of the hooks' sources is a
+# setting (registered in setup), so an edit of them makes Sphinx read every page again
+book_hooks_digest = hashlib.sha256(pathlib.Path(__file__).read_bytes()
+                                   + (ROOT / "tools" / "sphinx_problems.py").read_bytes()).hexdigest()
 root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
@@ -62,8 +71,8 @@ html_theme_options = {
     "use_repository_button": True,
     "use_download_button": True,
     "launch_buttons": {
-        "binderhub_url": "https://mybinder.org",
-        "colab_url": "https://colab.research.google.com",
+        "binderhub_url": BINDERHUB_URL,
+        "colab_url": COLAB_URL,
         "notebook_interface": "jupyterlab",
     },
     "show_toc_level": 2,
@@ -118,19 +127,31 @@ def _indent(line):
     return len(line) - len(line.lstrip())
 
 
-_CODE = re.compile(r"\s+(>>>|from |import |for |def |return |print\(|[\w.\[\], ]+\s*=[^=]|[\w.]+\(.*\)\s*(#|$))")
+# the first line of an indented example: Python, or a command line (mlscale bench ..., torchrun ...)
+_CODE = re.compile(r"\s+(>>>|from |import |for |def |return |print\(|[\w.\[\], ]+\s*=[^=]|[\w.]+\(.*\)\s*(#|$)"
+                   r"|(mlscale|python|pip|torchrun|mpiexec|mpirun) [-\w]|PYTHONPATH=|\$ )")
 
 
 _ITEM = re.compile(r"\s*(\d+\.|[-*])\s+")
+_BORDER = re.compile(r"\s*=+( +=+)+\s*$")
 
 
 def _blocks(app, what, name, obj, options, lines):
     """The docstrings are laid out as plain text: an indented example right under a line
     of prose, a list whose items run on without blank lines. reST wants a blank line
     around every indented block: add them, and make a block after a line ending in ":"
-    a literal (code) block, as it almost always is one."""
-    out, prev = [], ""
-    for line in lines:
+    a literal (code) block, as it almost always is one. A simple table (``=====  ===``
+    borders) is reST already, where a row's continuation lines are indented on purpose:
+    it is passed through as it is."""
+    out, prev, table = [], "", False
+    for i, line in enumerate(lines):
+        if _BORDER.match(line) or table:   # a table: from its first border to its last
+            if _BORDER.match(line):
+                after = lines[i + 1] if i + 1 < len(lines) else ""
+                table = not table or bool(after.strip())   # the last border: a blank line after
+            out.append(line)
+            prev = line
+            continue
         if line.strip() and not prev.strip() and _indent(line) > 0 and _CODE.match(line):
             last = next((x for x in reversed(out) if x.strip()), "")
             if _indent(last) < _indent(line) and not last.rstrip().endswith("::"):
@@ -139,7 +160,9 @@ def _blocks(app, what, name, obj, options, lines):
                 out[len(out) - 1:len(out) - 1] = [" " * pad + "::"] if out else []  # a code block: literal
         if line.strip() and prev.strip():
             a, b = _indent(prev), _indent(line)
-            if b > a and not prev.rstrip().endswith("::") and not prev.lstrip().startswith(("- ", "* ")):
+            # a list item's continuation lines are indented under its text: not a block
+            item = _ITEM.match(prev)
+            if b > a and not prev.rstrip().endswith("::") and not (item and b <= len(item.group(0))):
                 if prev.rstrip().endswith(":"):
                     out[-1] = prev.rstrip() + ":"
                 out.append("")
@@ -150,7 +173,30 @@ def _blocks(app, what, name, obj, options, lines):
     lines[:] = out
 
 
+LAUNCH_ICONS = {"Binder": "_static/images/logo_binder.svg", "Colab": "_static/images/logo_colab.png"}
+
+
+def _launch_buttons_everywhere(app, pagename, templatename, context, doctree):
+    """sphinx-book-theme puts its launch dropdown (the rocket: Binder, Colab) on notebook
+    pages only; give every other page (the landing page, the API reference, docs/,
+    search, the index) the same dropdown, in the same place (the first header button),
+    as the same button dicts the theme's template renders, to the targets of
+    build_book.page_launch_buttons (an API page: the notebook of its package)."""
+    buttons = context.get("header_buttons")
+    if buttons is None or any(b.get("label") == "launch-buttons" for b in buttons):
+        return          # not a book-theme page, or a notebook page: the theme's own buttons
+    from sphinx.locale import get_translation
+    _ = get_translation("booktheme")
+    links = [{"type": "link", "text": name, "tooltip": tooltip, "icon": LAUNCH_ICONS[name], "url": url}
+             for name, (url, tooltip) in page_launch_buttons(pagename).items()]
+    buttons.insert(0, {"type": "group", "tooltip": _("Launch interactive content"),
+                       "icon": "fas fa-rocket", "buttons": links, "label": "launch-buttons"})
+
+
 def setup(app):
+    app.add_config_value("book_hooks_digest", "", "env")
+    # after the theme's own header buttons (priority 501), before the page is rendered
+    app.connect("html-page-context", _launch_buttons_everywhere, priority=502)
     app.connect("doctree-resolved", _unlink_problematic)
     app.connect("autodoc-process-docstring", _escape_bars)
     app.connect("autodoc-process-docstring", _blocks)

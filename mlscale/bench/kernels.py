@@ -169,7 +169,7 @@ def _gpu_available():
 
 
 def gpu_lines(n, repeats, rng):
-    """The same table on the GPU: CuPy kernels (kernels/*.cu) and numba-CUDA."""
+    """The same table on the GPU: CuPy kernels (``kernels/*.cu``) and numba-CUDA."""
     import cupy as cp
 
     import mlscale.ops as ops

@@ -15,11 +15,11 @@ from rank j. Uneven pieces (Alltoallv) work in every algorithm.
 Costs on the one-port model, n = the bytes a rank sends in all (its p pieces of n/p,
 its own included; see :func:`mlscale.collectives.cost.all_to_all`):
 
-==========  ===========================================  ========================
-pairwise    (p-1) (alpha + (n/p) beta)                   p-1 messages, (p-1)/p n
-bruck       sum over ceil(lg p) rounds k of              lg p messages,
-            (alpha + m_k (n/p) beta), m_k = #{i<p: bit k}  n/2 lg p for p = 2^q
-==========  ===========================================  ========================
+==========  ==============================================  ========================
+pairwise    (p-1) (alpha + (n/p) beta)                      p-1 messages, (p-1)/p n
+bruck       sum over ceil(lg p) rounds k of                 lg p messages,
+            (alpha + m_k (n/p) beta), m_k = #{i<p: bit k}   n/2 lg p for p = 2^q
+==========  ==============================================  ========================
 
 Pairwise wins for long messages (each byte moves once), Bruck for short ones (fewer
 messages, each byte moving up to lg p times): Thakur, Rabenseifner and Gropp 2005,

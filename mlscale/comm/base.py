@@ -346,8 +346,8 @@ class Communicator:
 
     def gather(self, x, root=0, algorithm=None, out=None):
         """``root`` gets the list of every rank's ``x`` (shapes may differ); others get None.
-        ``out``: at the root, an array of shape (world_size, *x.shape) to stack them into
-        (then every rank must pass the same shape), returned instead of the list."""
+        ``out``: at the root, an array of shape ``(world_size, *x.shape)`` to stack them
+        into (then every rank must pass the same shape), returned instead of the list."""
         x = self._as_array(x)
         fn, _ = self._collective("gather", x, None, algorithm, root, shape_key=("any",))
         self._check_out("gather", out)

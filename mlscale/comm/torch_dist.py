@@ -21,7 +21,7 @@ a small header (dtype, shape, bytes, a per-pair sequence number) sent with the u
 (torch's tags are matched per sender, like MPI's), then the payload, tagged with that
 sequence number. A payload is received only once
 its header is in, so a rank waiting anywhere (a blocking send, a collective) keeps posting
-the payload receives of its pending ``irecv``s: a ring of blocking sends after irecvs does
+the payload receives of its pending ``irecv`` calls: a ring of blocking sends after irecvs does
 not deadlock, as with MPI.
 
 Collectives. ``algorithm=None`` runs gloo's own where gloo has it (all_reduce, broadcast,

@@ -5,16 +5,16 @@
     payload = comp.compress(grad, key="0.weight")
     comp.nbytes(payload), comp.ratio(payload), comp.decompress(payload)
 
-=================  ==========================  ==================  ===========  ==============
-compressor         paper                       wire bytes (fp32)   unbiased?    exchanged by
-=================  ==========================  ==================  ===========  ==============
-Identity ("none")  -                           4n                  yes          all_reduce
-TopK               Lin et al. 2018 (DGC)       8k (idx + value)    no: use EF   all_gather
-RandomK            Stich et al. 2018           4k (shared seed)    no: use EF   all_reduce
-QSGD               Alistarh et al. 2017        n + 4               yes: no EF   all_gather
-Sign               Seide et al. 2014           ceil(n/8) + 4       no: use EF   all_gather
-PowerSGD           Vogels et al. 2019          4r(n_rows + n_cols) no: use EF   all_reduce
-=================  ==========================  ==================  ===========  ==============
+=================  ==========================  ===================  ===========  ==============
+compressor         paper                       wire bytes (fp32)    unbiased?    exchanged by
+=================  ==========================  ===================  ===========  ==============
+Identity ("none")  -                           4n                   yes          all_reduce
+TopK               Lin et al. 2018 (DGC)       8k (idx + value)     no: use EF   all_gather
+RandomK            Stich et al. 2018           4k (shared seed)     no: use EF   all_reduce
+QSGD               Alistarh et al. 2017        n + 4                yes: no EF   all_gather
+Sign               Seide et al. 2014           ceil(n/8) + 4        no: use EF   all_gather
+PowerSGD           Vogels et al. 2019          4r(n_rows + n_cols)  no: use EF   all_reduce
+=================  ==========================  ===================  ===========  ==============
 
 Per tensor (a model's ``named_grads()``); ``ErrorFeedback`` wraps any of them. Training
 with them: ``mlscale.train.compressed.CompressedDataParallel``. Kernels: mlscale.ops.

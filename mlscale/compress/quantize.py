@@ -7,7 +7,7 @@
   its own random bits (seed, rank, tensor, step), so averaging over ranks also averages
   the rounding noise.
 - :class:`Sign` (1-bit SGD, Seide et al. 2014; signSGD, Bernstein et al. 2018): one bit
-  per element and one scale, mean |x| (Seide et al. reconstruct with per-column means of
+  per element and one scale, ``mean(|x|)`` (Seide et al. reconstruct with per-column means of
   the positive and negative parts; one scale per tensor is the simpler EF-SignSGD form,
   Karimireddy et al. 2019). Wire: ceil(n / 8) + 4 bytes, 32x less. Biased: use it with
   error feedback. ``majority_vote=True``: signSGD with majority vote (Bernstein et al.

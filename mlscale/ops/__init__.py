@@ -48,13 +48,13 @@ bank conflicts and barriers; [3] numba's selection is one serial partition + sca
 
 Bytes on the wire (what a compressor saves; n elements, fp32 input):
 
-============================ ========================== ===============================
-compressor                   wire bytes                 vs dense 4n
-============================ ========================== ===============================
-qsgd_quantize, levels <= 127 n + 4 (int8 levels, norm) 4x less (paper's Elias coding: more)
-sign_compress                ceil(n/8) + 4              32x less
-topk_compress                8k (int32 index + value)   n / (2k) x less
-============================ ========================== ===============================
+============================  ===========================  =====================================
+compressor                    wire bytes                   vs dense 4n
+============================  ===========================  =====================================
+qsgd_quantize, levels <= 127  n + 4 (int8 levels, norm)    4x less (paper's Elias coding: more)
+sign_compress                 ceil(n/8) + 4                32x less
+topk_compress                 8k (int32 index + value)     n / (2k) x less
+============================  ===========================  =====================================
 
 Signatures (compression and robust aggregation)::
 

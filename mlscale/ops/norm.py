@@ -3,7 +3,7 @@
 ``norm(x) = sqrt(sum x_i^2)``, accumulated in float64 whatever the input dtype.
 ``global_norm(arrays)`` is the norm of all arrays concatenated, and
 ``clip_by_global_norm(arrays, max_norm)`` scales them in place by
-max_norm / (norm + 1e-6) when that is below 1 (torch.nn.utils.clip_grad_norm_; Pascanu
+max_norm / (norm + 1e-6) when that is below 1 (``torch.nn.utils.clip_grad_norm_``; Pascanu
 et al. 2013). A norm reads each element once: 4 bytes per fp32 element, 2 flops:
 memory-bound (on CPU without fast-math, numba keeps 4 independent partial sums per
 thread so the float64 add latency does not become the bound).
@@ -132,7 +132,7 @@ def global_norm(arrays, impl="auto") -> float:
 
 def clip_by_global_norm(arrays, max_norm, impl="auto") -> float:
     """Scale arrays in place by max_norm / (norm + 1e-6) when that is < 1; returns the
-    global norm before clipping (torch.nn.utils.clip_grad_norm_)."""
+    global norm before clipping (``torch.nn.utils.clip_grad_norm_``)."""
     if not max_norm > 0:
         raise ValueError(f"clip_by_global_norm: max_norm={max_norm!r} must be > 0")
     arrays = C.as_list(arrays)[0]

@@ -1,5 +1,7 @@
 """QSGD: unbiased stochastic quantization to s levels (Alistarh et al. 2017, NeurIPS).
 
+The quantizer, element by element::
+
     Q_s(x)_i = ||x||_2 * sign(x_i) * l_i / s,   r = |x_i| / ||x||_2 * s,
     l_i = floor(r) + 1 with probability r - floor(r), else floor(r)
 

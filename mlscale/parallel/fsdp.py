@@ -13,20 +13,20 @@ unit u holds the contiguous slice [start_u, stop_u) of the flat parameters, and 
 owns chunk r of it (``np.array_split`` cuts: any size, any p). Per step, on ``comm``
 (the data-parallel group, e.g. ``mesh["dp"]``):
 
-=====  ================================================================  ==============
-stage  what a rank keeps / what it does                                  wire (all ranks)
-=====  ================================================================  ==============
-0      all params, grads, Adam state; all-reduce (mean) each unit's grads  2(p-1) N
-1      all params and grads; reduce-scatter each unit's grads into my      2(p-1) N
+=====  ====================================================================  ================
+stage  what a rank keeps / what it does                                      wire (all ranks)
+=====  ====================================================================  ================
+0      all params, grads, Adam state; all-reduce (mean) each unit's grads    2(p-1) N
+1      all params and grads; reduce-scatter each unit's grads into my        2(p-1) N
        chunk, Adam on my chunk, all-gather the params
-2      all params; each unit's grads live only during its backward: the   2(p-1) N
+2      all params; each unit's grads live only during its backward: the      2(p-1) N
        unit is reduce-scattered (on the communication stream, overlapping
        the backward of the units below) and ADDED into my gradient shard
-3      my parameter shard only: before a unit's forward (and again before  3(p-1) N
+3      my parameter shard only: before a unit's forward (and again before    3(p-1) N
        its backward) its params are all-gathered, and freed after use;
        ``prefetch``: the next unit's all-gather starts on the communication
        stream before this unit computes; grads as stage 2
-=====  ================================================================  ==============
+=====  ====================================================================  ================
 
 So ZeRO-2 moves the bytes of data parallelism and ZeRO-3 1.5 times them (two all-gathers
 and one reduce-scatter per unit per step; paper section 7.2.2). N counts elements times

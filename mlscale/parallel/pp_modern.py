@@ -111,8 +111,8 @@ def _norm(ops):
 def play(ops, num_chunks=1, t_fwd=1.0, t_bwd=2.0, t_w=None):
     """Timeline of per-stage op lists; a chunk takes 1/num_chunks of a stage's times.
     ``t_w``: the W time when the lists split the backward (B then takes ``t_bwd``).
-    Returns ``VSlot``s sorted by start; a ValueError names the ops that wait on each
-    other if the lists can never run."""
+    Returns a list of ``VSlot``, sorted by start; a ValueError names the ops that wait on
+    each other if the lists can never run."""
     ops = _norm(ops)
     p, v = len(ops), num_chunks
     P = p * v

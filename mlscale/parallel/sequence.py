@@ -9,21 +9,21 @@ own, so they can be split along the SEQUENCE instead: rank r keeps tokens
 one, the all-reduce of plain TP is replaced by its two halves (a ring all-reduce IS a
 reduce-scatter followed by an all-gather, so the bytes are the same):
 
-===================  ===============================  ==============================
-operator             forward                          backward
-===================  ===============================  ==============================
-GatherFromSP (g)     all-gather along the sequence    reduce-scatter along the
-                     (before a column-parallel        sequence (sum the partial
-                     layer: it needs every token)     input gradients, keep mine)
-ReduceScatterToSP    reduce-scatter along the         all-gather along the sequence
-(g-bar)              sequence (after a row-parallel
-                     layer: sum the partial outputs,
-                     keep my tokens)
-ScatterToSP          keep my tokens (no              all-gather (the embedding
-                     communication)                   before the first block)
-GatherFromSP         all-gather                       keep my tokens (before a
-(grad="split")                                        replicated LM head)
-===================  ===============================  ==============================
+===========================  ===============================  =============================
+operator                     forward                          backward
+===========================  ===============================  =============================
+GatherFromSP (g)             all-gather along the sequence    reduce-scatter along the
+                             (before a column-parallel        sequence (sum the partial
+                             layer: it needs every token)     input gradients, keep mine)
+ReduceScatterToSP (g-bar)    reduce-scatter along the         all-gather along the sequence
+                             sequence (after a row-parallel
+                             layer: sum the partial outputs,
+                             keep my tokens)
+ScatterToSP                  keep my tokens (no               all-gather (the embedding
+                             communication)                   before the first block)
+GatherFromSP (grad="split")  all-gather                       keep my tokens (before a
+                                                              replicated LM head)
+===========================  ===============================  =============================
 
 Arrays are (batch, seq, d); the sequence is axis 1. The collectives concatenate/split
 along axis 0, so each operator moves the sequence to the front first (Megatron keeps its

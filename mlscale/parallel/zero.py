@@ -6,14 +6,14 @@ Models" (SC'20), section 5 and figure 1. Mixed-precision Adam keeps, per paramet
 copy of the parameters, momentum, variance): 16 bytes. Plain data parallelism keeps all
 of it on every one of the N ranks. ZeRO partitions it:
 
-=========  ===============================  =========================
-stage      partitioned                      bytes per parameter
-=========  ===============================  =========================
-0 (DP)     nothing                          2 + 2 + K        = 16
-1 (P_os)   optimizer state                  2 + 2 + K / N    = 4 + 12/N
-2 (P_os+g) + gradients                      2 + (2 + K) / N  = 2 + 14/N
-3 (all)    + parameters                     (2 + 2 + K) / N  = 16/N
-=========  ===============================  =========================
+==========  ===============  ============================
+stage       partitioned      bytes per parameter
+==========  ===============  ============================
+0 (DP)      nothing          2 + 2 + K        = 16
+1 (P_os)    optimizer state  2 + 2 + K / N    = 4 + 12/N
+2 (P_os+g)  + gradients      2 + (2 + K) / N  = 2 + 14/N
+3 (all)     + parameters     (2 + 2 + K) / N  = 16/N
+==========  ===============  ============================
 
 The paper's example (figure 1): 7.5 B parameters on N = 64 GPUs need 120 GB each with
 plain data parallelism, 31.4 GB with stage 1, 16.6 GB with stage 2, 1.9 GB with stage 3.

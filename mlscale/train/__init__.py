@@ -2,15 +2,15 @@
 
 They are points on one spectrum: how often ranks talk, with whom, and what they send.
 
-=====================  ===================  =================  ===================
-synchronizer           how often            with whom          what
-=====================  ===================  =================  ===================
-DataParallel           every step           everyone (ring)    gradients
-ParameterServer        every step           the servers        gradients / params
-LocalSGD(H)            every H steps        everyone           parameters
-DPSGD                  every step           neighbors (gossip) parameters
-CompressedDataParallel every step           everyone           compressed gradients
-=====================  ===================  =================  ===================
+======================  =============  ==================  ====================
+synchronizer            how often      with whom           what
+======================  =============  ==================  ====================
+DataParallel            every step     everyone (ring)     gradients
+ParameterServer         every step     the servers         gradients / params
+LocalSGD(H)             every H steps  everyone            parameters
+DPSGD                   every step     neighbors (gossip)  parameters
+CompressedDataParallel  every step     everyone            compressed gradients
+======================  =============  ==================  ====================
 """
 from .common import History, broadcast_params, check_same_model, model_checksum  # noqa: F401
 from .compressed import CompressedDataParallel  # noqa: F401
