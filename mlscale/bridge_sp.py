@@ -47,8 +47,6 @@ Needs torch; importing this module does not import it.
 """
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,8 +143,8 @@ def full_block(c):
 
 def sp_train_mlscale(comm, X, Y, **kw):
     """mlscale's side on this rank, ``Mesh(comm, {"tp": t})["tp"]``: ``{"losses", "params",
-    "shards", "activation", "positions", "kinds"}``. Each step every rank reads the whole
-    batch's tokens ``seq_range(s, t, r)``; the loss is the all-reduced sum of squares / (b s d).
+    "shards", "activation", "positions", "kinds"}``. Each step this rank reads its tokens
+    ``seq_range(s, t, r)`` of the whole batch; the loss: the all-reduced sum of squares / (b s d).
     ``activation``: this rank's block output (b, s/t, d) at the first step; ``positions``:
     its sequence positions; ``kinds``: ``count_kinds`` of the SP operators over the run."""
     c = _config(kw, comm.world_size, X)
@@ -215,15 +213,6 @@ def torch_block(full):
     return net
 
 
-@contextmanager
-def _quiet():
-    """``bridge_tp._quiet_torch``, and torch's note that a backward hook fires on a module
-    whose input needs no gradient (the block's input is data here)."""
-    with _quiet_torch(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-        yield
-
-
 def _counts(cm):
     return {str(k).split(".")[-1]: int(v) for k, v in cm.get_comm_counts().items()}
 
@@ -256,7 +245,7 @@ def sp_train_torch(comm, X, Y, **kw):
     lo, hi = positions[0], positions[-1] + 1
     opt = torch.optim.SGD(net.parameters(), lr=c["sgd_lr"], momentum=c["momentum"])
     losses, first, comms, grads = [], None, None, None
-    with _quiet():
+    with _quiet_torch():
         for xb, yb in _my_batches(SimpleNamespace(rank=0, world_size=1), X, Y, c["steps"], c["batch_size"],
                                   c["seed"]):
             opt.zero_grad()

@@ -426,8 +426,8 @@ else:
     d = bridge_sp.sp_compare([t["sp"] for t in tour])
     print(f"largest relative difference: losses {d['losses']:.1e}, gathered params {d['params']:.1e}, "
           f"per-rank shards {d['shards']:.1e}, per-rank activations {d['activations']:.1e}")"""),
-    ("code", """print(f"claim: mlscale's SP block and torch's SequenceParallel / Shard(1) plan agree to < {bridge.TOLERANCE:g} "
-      "relative (losses, gathered weights, each rank's shards and output activations); both give rank r the "
+    ("code", """print("claim: mlscale's SP block and torch's SequenceParallel / Shard(1) plan agree to < "
+      f"{bridge.TOLERANCE:g} relative (losses, gathered weights, each rank's shards and output activations); both give rank r the "
       "contiguous tokens [r s/t, (r+1) s/t); one all-gather and one reduce-scatter each way per step; "
       "asserted wherever torch ran")
 if tour is not None:
