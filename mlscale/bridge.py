@@ -31,7 +31,8 @@ differences; the tests and notebook 15 hold them under ``TOLERANCE``.
 
 Tensor parallelism (mlscale's ``ParallelMLP`` beside torch's ``ColwiseParallel`` /
 ``RowwiseParallel``, on tp and on dp x tp meshes) is in ``mlscale.bridge_tp``, attention heads
-over tp in ``mlscale.bridge_attention``; ``tour`` runs them too when given their data.
+over tp in ``mlscale.bridge_attention``, sequence parallelism (the LayerNorm on sequence shards,
+``SequenceParallel``) in ``mlscale.bridge_sp``; ``tour`` runs them too when given their data.
 
 Needs torch (``pip install "mlscale[torch]"``); importing this module does not import it.
 """
@@ -270,13 +271,14 @@ def shard_numels(comm, sizes=DEFAULTS["sizes"], seed=0):
     return {"mlscale": ours, "torch": theirs}
 
 
-def tour(comm, X, y, mesh_sizes=None, tp_data=None, attention_data=None, **kw):
+def tour(comm, X, y, mesh_sizes=None, tp_data=None, attention_data=None, sp_data=None, **kw):
     """What notebook 15 runs in ONE launch (each costs seconds): the three trainings side by
     side, the mesh coordinates, and the shard sizes. ``mesh_sizes`` default: {"dp": 1, "tp": p}.
     ``tp_data=(X, Y)`` adds ``"tp"``: tensor parallelism over all the ranks, mlscale's
     ParallelMLP beside torch's ColwiseParallel / RowwiseParallel (``bridge_tp.tp_side_by_side``);
     ``attention_data=(X, Y)`` adds ``"attention"``: the heads split over the ranks
-    (``bridge_attention.attention_side_by_side``)."""
+    (``bridge_attention.attention_side_by_side``); ``sp_data=(X, Y)`` adds ``"sp"``: sequence
+    parallelism, the norm on sequence shards beside SequenceParallel (``bridge_sp.sp_side_by_side``)."""
     mesh_sizes = mesh_sizes or {"dp": 1, "tp": comm.world_size}
     out = {"training": side_by_side(comm, X, y, **kw), "mesh": mesh_side_by_side(comm, mesh_sizes),
            "shards": shard_numels(comm, kw.get("sizes", DEFAULTS["sizes"]), kw.get("seed", 0))}
@@ -288,6 +290,10 @@ def tour(comm, X, y, mesh_sizes=None, tp_data=None, attention_data=None, **kw):
         from .bridge_attention import attention_side_by_side
 
         out["attention"] = attention_side_by_side(comm, *attention_data)
+    if sp_data is not None:
+        from .bridge_sp import sp_side_by_side
+
+        out["sp"] = sp_side_by_side(comm, *sp_data)
     return out
 
 

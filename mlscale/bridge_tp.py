@@ -213,15 +213,17 @@ def tp_train_torch(comm, X, Y, mesh_sizes=None, **kw):
 
 @contextmanager
 def _quiet_torch():
-    """Hide two notes torch prints on every rank of the 2-D run, neither about a fault here:
-    FSDP2's warning that the module returns a view (we do no in-place op on it) and
-    DTensor's log line that gathering a 2-D shard takes two all-gathers."""
+    """Hide notes torch prints on every rank, none about a fault here: FSDP2's warning that
+    the module returns a view (we do no in-place op on it), DTensor's log line that gathering
+    a 2-D shard takes two all-gathers, and (bridge_sp) that a module's backward hook fires
+    though its input needs no gradient (the input is data)."""
     log = logging.getLogger("torch.distributed.tensor._redistribute")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
+            warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
             yield
     finally:
         log.setLevel(level)

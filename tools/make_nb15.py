@@ -44,7 +44,10 @@ notebook takes under a minute:
 5. **tensor parallelism**: mlscale's Megatron MLP (`ColumnParallelLinear` then
    `RowParallelLinear`) against torch's `parallelize_module` with `ColwiseParallel` /
    `RowwiseParallel` on a `DeviceMesh`, on 2 ranks and on a 2 x 2 dp x tp mesh, then the
-   attention heads split over tp (`TPSelfAttention` against ColwiseParallel on q, k, v).
+   attention heads split over tp (`TPSelfAttention` against ColwiseParallel on q, k, v);
+6. **sequence parallelism**: the LayerNorm on sequence shards and the MLP's all-gather /
+   reduce-scatter (Megatron SP) against `SequenceParallel` and `input_layouts=Shard(1)` /
+   `output_layouts=Shard(1)`.
 
 The torch parts start 2 processes once (`ms.launch(..., backend="torch")`: a gloo group on
 CPUs, see `mlscale/comm/torch_dist.py`). Where torch is not installed they print a skip
@@ -57,7 +60,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import mlscale as ms
-from mlscale import bridge, bridge_attention, bridge_tp
+from mlscale import bridge, bridge_attention, bridge_sp, bridge_tp
 from mlscale import parallel as mp
 from mlscale.data import spirals"""),
     ("code", """# NBVAL_IGNORE_OUTPUT
@@ -108,12 +111,13 @@ wrappers built on the communicator's gloo group:"""),
     ("md", """Now both, in ONE launch of 2 processes (each start costs seconds): every rank trains each
 method with mlscale's classes over `TorchComm` and then with torch's, on the same group.
 `bridge.tour` also records the mesh coordinates and the shard sizes for sections 3 and 4, and
-runs section 5's tensor-parallel trainings (their data: `tp_data=(Xt, Yt)`, `attention_data=(Xa, Ya)`)."""),
+runs sections 5 and 6 (their data: `tp_data=(Xt, Yt)`, `attention_data=(Xa, Ya)`, `sp_data=(Xs, Ys)`)."""),
     ("code", """# NBVAL_IGNORE_OUTPUT
 Xt, Yt = bridge_tp.tp_data(n=64)  # section 5's regression for the tensor-parallel block
 Xa, Ya = bridge_attention.attention_data(n=32)  # and for the attention heads
+Xs, Ys = bridge_sp.sp_data(n=32, seq_len=8)  # and section 6's sequences
 try:
-    tour = ms.launch(bridge.tour, 2, args=(X, y, None, (Xt, Yt), (Xa, Ya)), backend="torch", timeout=300)
+    tour = ms.launch(bridge.tour, 2, args=(X, y, None, (Xt, Yt), (Xa, Ya), (Xs, Ys)), backend="torch", timeout=300)
 except ms.BackendUnavailable as e:
     tour = None
     print(f"skipped (torch or mpiexec missing): {e}")
@@ -348,6 +352,107 @@ running size, so it turns that noise into steps of about `lr g / (|g| + eps)` ~ 
 5 steps the two libraries differ by some 1e-11 in `b_k` alone, every other parameter still
 near 1e-16. A property of Adam on a parameter that does nothing, not a difference in the math
 (`bridge_attention.attention_train_mlscale(..., optimizer="adam")` shows it)."""),
+    ("md", """## 6. Sequence parallelism: the norm on sequence shards beside `SequenceParallel`
+
+Tensor parallelism leaves the LayerNorm (and dropout, and the residual adds) replicated: every
+rank of tp stores the same (batch, seq, d) activations there. Those work on each token alone,
+so Megatron's sequence parallelism (Korthikanti et al. 2022, notebook 09) splits them along
+the SEQUENCE: rank r keeps tokens `[r s/t, (r+1) s/t)`. Where that region meets the MLP, each
+all-reduce of plain TP becomes its two halves: an all-gather along the sequence before the
+column-parallel fc1 (it needs every token), a reduce-scatter after the row-parallel fc2 (sum
+the partial outputs, keep my tokens). The block here is the MLP half of a pre-norm transformer
+block, `Z = X + GELU(LN(X) W1 + b1) W2 + b2`. Torch writes it as
+
+```python
+parallelize_module(block, mesh["tp"], {"norm": SequenceParallel(),
+                                       "fc1": ColwiseParallel(input_layouts=Shard(1)),
+                                       "fc2": RowwiseParallel(output_layouts=Shard(1))})
+```
+
+`Shard(1)` says "sharded on dim 1", the sequence of (batch, seq, d). The collectives of one
+training step, in each library:
+
+| where | mlscale (`TPFeedForward(sequence_parallel=True)`) | torch (DTensor redistributions) |
+|---|---|---|
+| before fc1 | `GatherFromSP`: all-gather | input `Shard(1) -> Replicate`: all-gather |
+| after fc2 | `ReduceScatterToSP`: reduce-scatter | output `Partial -> Shard(1)`: reduce-scatter |
+| backward of fc2's output | all-gather of dZ | `Shard(1) -> Replicate`: all-gather |
+| backward of fc1's input | reduce-scatter of the partial dX | `Partial -> Shard(1)`: reduce-scatter |
+| norm's weight and bias grads | partial sums over my tokens, one all-reduce (with fc2's bias) | `Partial(sum)` DTensors, all-reduced inside `optimizer.step()` |
+
+The names, side by side:"""),
+    ("code", """w = [max(len(row[i]) for row in bridge_sp.SP_NAME_MAP) for i in range(3)]
+print(f"{'what':{w[2]}} | {'mlscale':{w[0]}} | torch")
+print("-" * (w[2] + w[0] + w[1] + 6))
+for ours, theirs, what in bridge_sp.SP_NAME_MAP:
+    print(f"{what:{w[2]}} | {ours:{w[0]}} | {theirs}")"""),
+    ("md", """First mlscale alone, on the simulator: d = 6, h = 16, sequences of 8 tokens, a batch of 4,
+5 SGD steps (momentum 0.9), float64, on 2 ranks. Each rank reads its 4 tokens of every
+sequence; the trace's bytes are the ring formula (`bridge_sp.sp_step_bytes`): per step
+2 (t-1) n itemsize for the two all-gathers and as much for the two reduce-scatters, n = b s d,
+the bytes of plain TP's two all-reduces:"""),
+    ("code", """print(bridge_sp.SP_DEFAULTS)
+sp_sim = ms.launch(lambda comm: bridge_sp.sp_train_mlscale(comm, Xs, Ys), 2)
+print(f"loss at steps 0..4: {np.round(sp_sim[0]['losses'], 4)}")
+for r, out in enumerate(sp_sim):
+    print(f"rank {r} holds sequence positions {out['positions']}, its output activation {out['activation'].shape}")
+c = bridge_sp.SP_DEFAULTS
+per_step = bridge_sp.sp_step_bytes(2, c["batch_size"], Xs.shape[1], c["d_model"])
+tr = sp_sim.trace
+for kind in ("all_gather", "reduce_scatter", "all_reduce"):
+    print(f"{kind:14s} trace {tr.bytes_sent(label=kind):6d} B, formula {c['steps']} x {per_step[kind]} B per step")
+assert tr.bytes_sent(label="reduce_scatter") == c["steps"] * per_step["reduce_scatter"]
+assert tr.bytes_sent(label="all_reduce") == c["steps"] * per_step["all_reduce"]
+print("(all_gather also holds the final gather of the weights for the comparison:",
+      tr.bytes_sent(label="all_gather") - c["steps"] * per_step["all_gather"], "B)")"""),
+    ("md", """Both ran in the launch of section 2. What torch keeps and counts on each rank: the sequence
+positions its `Shard(1)` gives the rank (`distribute_tensor(arange(s), mesh, [Shard(1)])`), the
+parameters' placements, the gradients' placements after `backward()`, and the collectives of
+the first step (torch's `CommDebugMode`):"""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+if tour is None:
+    print("skipped (torch or mpiexec missing): the sequence-parallel comparison needs the launch of section 2")
+else:
+    for r, t in enumerate(tour):
+        print(f"rank {r}: torch Shard(1) positions {t['sp']['torch']['positions']}, "
+              f"mlscale {t['sp']['mlscale']['positions']}")
+    t0 = tour[0]["sp"]["torch"]
+    for name, (placements, shape) in t0["placements"].items():
+        print(f"torch rank 0 {name:11s} placements {placements}, local shape {shape}, "
+              f"grad {t0['grad_placements'][name]}")
+    print("torch's collectives in step 0:", t0["comms"])
+    print("mlscale's calls over the 5 steps:",
+          {f"{ph} {k}": n for (ph, k), (n, _) in tour[0]["sp"]["mlscale"]["kinds"].items()})
+    d = bridge_sp.sp_compare([t["sp"] for t in tour])
+    print(f"largest relative difference: losses {d['losses']:.1e}, gathered params {d['params']:.1e}, "
+          f"per-rank shards {d['shards']:.1e}, per-rank activations {d['activations']:.1e}")"""),
+    ("code", """print("claim: mlscale's SP block and torch's SequenceParallel / Shard(1) plan agree to < "
+      f"{bridge.TOLERANCE:g} relative (losses, gathered weights, each rank's shards and output activations); both give rank r the "
+      "contiguous tokens [r s/t, (r+1) s/t); one all-gather and one reduce-scatter each way per step; "
+      "asserted wherever torch ran")
+if tour is not None:
+    d = bridge_sp.sp_compare([t["sp"] for t in tour])
+    assert max(d.values()) < bridge.TOLERANCE, d
+    s = Xs.shape[1]
+    one = {"all_gather_into_tensor": 1, "reduce_scatter_tensor": 1}
+    for r, t in enumerate(tour):
+        mine = list(range(r * s // 2, (r + 1) * s // 2))
+        assert t["sp"]["torch"]["positions"] == t["sp"]["mlscale"]["positions"] == mine, r
+        assert t["sp"]["torch"]["comms"] == {"forward": one, "backward": one, "step": {"all_reduce": 2}}, r
+        assert t["sp"]["mlscale"]["losses"] == sp_sim[r]["losses"], r  # TorchComm = the simulator, to the bit"""),
+    ("md", """Three differences in where the work sits, none in the result:
+
+- **The norm's gradients.** Each rank's LayerNorm sees only its tokens, so its weight and
+  bias gradients are partial sums. mlscale all-reduces them explicitly after backward
+  (`sync_grads`, Megatron's `allreduce_sequence_parallel_grads`); torch marks them
+  `Partial(sum)` and the all-reduce happens when `optimizer.step()` reads them.
+- **fc2's bias.** mlscale adds it after the reduce-scatter, on my tokens, so its gradient is
+  partial too (summed with the norm's); torch computes it from the all-gathered dZ, every
+  token on every rank, and needs no collective for it.
+- **fc1's input in backward.** Torch's autograd keeps the all-gathered input of fc1 for its
+  weight gradient (mlscale's `regather=False`, used here); Megatron, and mlscale's default in
+  `TPBlock`, keeps only my tokens and all-gathers them again in backward: one more
+  all-gather per step, (t-1)/t of a (b, s, d) activation less memory per rank."""),
     ("md", """## Running it as torch does
 
 The same program runs under torchrun, which is how torch jobs start on one machine or many
@@ -381,7 +486,12 @@ mlscale's ring on both engines in one run; the figures are in `docs/benchmarks.m
   row-parallel output all-reduce) and f (the column-parallel input-gradient all-reduce) ↔
   DTensor's `Partial -> Replicate`; each rank holds the same shard in both, transposed
   because `nn.Linear` stores (out, in). Attention heads split the same way: mlscale's fused
-  `qkv` by whole heads ↔ ColwiseParallel on separate `q`, `k`, `v`, `proj` ↔ RowwiseParallel `o`."""),
+  `qkv` by whole heads ↔ ColwiseParallel on separate `q`, `k`, `v`, `proj` ↔ RowwiseParallel `o`.
+- Sequence parallelism too: the norm on my tokens ↔ `SequenceParallel()`, `GatherFromSP` ↔
+  `ColwiseParallel(input_layouts=Shard(1))`, `ReduceScatterToSP` ↔
+  `RowwiseParallel(output_layouts=Shard(1))`; both give rank r the contiguous tokens
+  `[r s/t, (r+1) s/t)` and run the same all-gathers and reduce-scatters; the norm's partial
+  gradients are reduced explicitly (mlscale) or by `optimizer.step()` on `Partial` DTensors (torch)."""),
 ]
 
 
