@@ -29,7 +29,7 @@ fc2's input grad       all-gather of dZ's shards               Shard(1) -> Repli
 fc1's input grad       reduce-scatter of the partial dX        Partial -> Shard(1): reduce-scatter
 norm weight, bias      partial sums (my tokens), all-reduced    grads are ``Partial(sum)`` DTensors;
 grads                  with fc2.bias in ONE buffer of 3d        the optimizer's step reduces them (2
-                       (``sync_grads``)                        all-reduces of d)
+                       (``sync_grads``)                         all-reduces of d)
 =====================  ======================================  ======================================
 
 So the two all-reduces of plain TP (g forward, f backward) become an all-gather and a

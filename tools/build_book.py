@@ -69,6 +69,7 @@ API_NOTEBOOKS = {
     "mlscale.bridge": "15_bridge_to_pytorch",
     "mlscale.bridge_tp": "15_bridge_to_pytorch",
     "mlscale.bridge_attention": "15_bridge_to_pytorch",
+    "mlscale.bridge_sp": "15_bridge_to_pytorch",
     "mlscale.doctor": "00_welcome",
     "mlscale.meta": "14_planning_a_training_run",
     "mlscale.whatif": "14_planning_a_training_run",
