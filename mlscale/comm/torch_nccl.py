@@ -62,11 +62,13 @@ from ._mpi_state import board, board_text
 from ._torch_payload import NATIVE as _NATIVE
 from ._torch_wire import (_HostWire, _CudaWire, _bytes, _coalesces, check_gpu_world,  # noqa: F401
                           gpu_requirements, local_gpu)
-from .base import ANY_SOURCE, Communicator, Request
+from .base import ANY_SOURCE, Communicator
 from .errors import CommError
 from .torch_dist import (_HDR, _SEQ_WRAP, TorchComm, _check_sendable, _header, _init_default_group, _read_header,
                          _torch, timeout_seconds)
 
+
+from .nccl import _NcclRequest  # noqa: E402 (imports no cupy)
 
 # ---------------------------------------------------------------- point to point
 class _Op:
@@ -77,22 +79,7 @@ class _Op:
         self.done, self.result, self.error = False, None, None
 
 
-class _Req(Request):
-    def __init__(self, comm, op):
-        self._comm, self._op = comm, op
-
-    def wait(self):
-        if not self._op.done:
-            self._comm._flush()
-        if self._op.error is not None:
-            err, self._op.error = self._op.error, None
-            raise err
-        return self._op.result
-
-    def test(self):
-        """Completes the request (the queued batch is posted): NCCL point to point runs as a batch."""
-        self.wait()
-        return True
+_Req = _NcclRequest  # the same request: wait() posts the queued batch, as on the nccl engine
 
 
 class TorchTwoGroupComm(TorchComm):
